@@ -1,0 +1,142 @@
+// Parameter structs of the flashattn C++ API: one plain struct per operation.
+//
+// The structs hold raw pointers and int64_t strides (in elements, never bytes),
+// so any framework's tensors can be described without copying. They are
+// checked once, at the API boundary (flashattn::validate); kernels trust them.
+//
+// Attention tensors use flash-attn's layout [batch, seqlen, heads, head_dim]
+// with the last dimension contiguous (stride 1). Batch, row (seqlen) and head
+// strides are free, so views (e.g. q/k/v slices of one packed qkv tensor) work.
+#pragma once
+
+#include <cstdint>
+
+namespace flashattn {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class Device : int { kCPU = 0, kCUDA = 1 };
+
+// Which implementation runs. kAuto picks the fastest one compiled for the
+// device and the request; the others pin one rung of the ladder (useful for
+// teaching, testing and benchmarking). An implementation that cannot handle a
+// request says why (StatusCode::kUnsupported), it never falls back silently.
+enum class Kernel : int {
+  kAuto = 0,
+  kReference,  // CPU: naive 3-pass attention accumulating in double (the test oracle)
+  kCpuFlash,   // CPU: tiled, online softmax, SIMD, multithreaded
+  kNaive,      // CUDA rung 1: S = QK^T in HBM, softmax kernel, O = PV
+  kFA1,        // CUDA rung 2: FlashAttention-1, one thread per query row
+  kFA2,        // CUDA rung 3: FlashAttention-2 on tensor cores (mma.sync, sm80+)
+  kHopper,     // CUDA rung 4: wgmma + TMA + warp specialization (sm90a)
+};
+
+const char* dtype_name(DType dtype);
+const char* device_name(Device device);
+const char* kernel_name(Kernel kernel);
+int64_t dtype_size(DType dtype);
+
+// ---------------------------------------------------------------------------
+// Forward: O = softmax(mask(softcap(scale * Q K^T))) V, and optionally LSE.
+// ---------------------------------------------------------------------------
+struct FwdParams {
+  // Inputs. q: [batch, seqlen_q, heads_q, head_dim]; k: [batch, seqlen_k, heads_kv, head_dim];
+  // v: [batch, seqlen_k, heads_kv, head_dim_v]. All of `dtype`.
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  // Output o: [batch, seqlen_q, heads_q, head_dim_v], of `dtype`.
+  void* o = nullptr;
+  // Optional output (nullptr = not wanted): log-sum-exp of each row of the
+  // scaled, masked scores (natural log), fp32, contiguous [batch, heads_q, seqlen_q].
+  // A fully masked row gets -inf (and its O row is 0).
+  float* lse = nullptr;
+
+  // Strides in elements. The head_dim stride is 1 by contract.
+  int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
+  int64_t k_batch_stride = 0, k_row_stride = 0, k_head_stride = 0;
+  int64_t v_batch_stride = 0, v_row_stride = 0, v_head_stride = 0;
+  int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
+
+  int64_t batch = 0;
+  int64_t seqlen_q = 0;
+  int64_t seqlen_k = 0;
+  int64_t heads_q = 0;
+  int64_t heads_kv = 0;    // heads_q % heads_kv == 0; query head h reads kv head h / (heads_q / heads_kv)
+  int64_t head_dim = 0;    // multiple of 8, at most 256
+  int64_t head_dim_v = 0;  // 0 = same as head_dim (the only value supported for now)
+  DType dtype = DType::kFloat32;
+
+  // Scale applied to Q K^T before softmax; 0 means 1/sqrt(head_dim).
+  float softmax_scale = 0.0f;
+  // Causal mask aligned to the bottom-right corner (flash-attn >= 2.1):
+  // query i sees key j iff j <= i + seqlen_k - seqlen_q. Same as window_right = 0.
+  bool causal = false;
+  // Sliding window, also bottom-right aligned: query i sees key j iff
+  //   i + seqlen_k - seqlen_q - window_left <= j <= i + seqlen_k - seqlen_q + window_right.
+  // -1 = unbounded on that side.
+  int64_t window_left = -1;
+  int64_t window_right = -1;
+  // Soft-capping of the scores (Gemma 2): s = softcap * tanh(scale * q.k / softcap). 0 = off.
+  float softcap = 0.0f;
+
+  // Where the pointers live and where to run. stream is a cudaStream_t (nullptr
+  // = the legacy default stream); device_index is the CUDA ordinal (-1 = current).
+  Device device = Device::kCPU;
+  int device_index = -1;
+  void* stream = nullptr;
+  Kernel kernel = Kernel::kAuto;
+  int num_threads = 0;  // CPU only: 0 = all hardware threads
+};
+
+// ---------------------------------------------------------------------------
+// Backward: given dO, recompute P from the saved LSE and produce dQ, dK, dV
+// (the FlashAttention-2 backward). dK/dV sum over the query heads of a KV group.
+// The inherited forward fields describe the problem (q, k, v, o, lse are inputs
+// here; lse is required and must come from the forward with the same options).
+// ---------------------------------------------------------------------------
+struct BwdParams : FwdParams {
+  const void* dout = nullptr;  // [batch, seqlen_q, heads_q, head_dim_v]
+  void* dq = nullptr;          // [batch, seqlen_q, heads_q, head_dim]
+  void* dk = nullptr;          // [batch, seqlen_k, heads_kv, head_dim]
+  void* dv = nullptr;          // [batch, seqlen_k, heads_kv, head_dim_v]
+
+  int64_t dout_batch_stride = 0, dout_row_stride = 0, dout_head_stride = 0;
+  int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;
+  int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;
+  int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
+
+  // Bit-identical gradients across runs (no order-dependent atomics).
+  bool deterministic = false;
+};
+
+// ---------------------------------------------------------------------------
+// Row softmax over a [rows, cols] matrix (the first exercise of the ladder).
+// ---------------------------------------------------------------------------
+enum class SoftmaxVariant : int {
+  kNaive = 0,  // exp(x) / sum exp(x): overflows for large x, kept to show why
+  kSafe,       // two passes: max, then sum of exp(x - max)
+  kOnline,     // one pass: running max and rescaled running sum (docs/01-online-softmax.md)
+};
+const char* softmax_variant_name(SoftmaxVariant variant);
+
+struct SoftmaxParams {
+  const void* x = nullptr;
+  void* y = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t x_row_stride = 0;  // elements; columns are contiguous
+  int64_t y_row_stride = 0;
+  DType dtype = DType::kFloat32;  // x and y share it; math is fp32
+  SoftmaxVariant variant = SoftmaxVariant::kOnline;
+
+  Device device = Device::kCPU;
+  int device_index = -1;
+  void* stream = nullptr;
+  int num_threads = 0;
+};
+
+// Fill the strides of a params struct for densely packed [batch, seqlen, heads, dim] tensors.
+void set_contiguous_strides(FwdParams& p);
+void set_contiguous_strides(BwdParams& p);
+
+}  // namespace flashattn

@@ -1,0 +1,30 @@
+// CUDA side of the API, callable from plain C++ (no CUDA headers needed).
+// Params are already validated by the API layer; each function checks only
+// what its kernels can't do (StatusCode::kUnsupported, with the reason).
+#pragma once
+
+#include "flashattn/params.h"
+#include "flashattn/status.h"
+
+namespace flashattn {
+namespace cuda {
+
+// dispatch.cu: picks the rung for Kernel::kAuto and forwards to one below.
+Status forward(const FwdParams& p);
+Status backward(const BwdParams& p);
+Status softmax(const SoftmaxParams& p);
+int device_count();
+
+// One function per rung (each in its own file under src/cuda/).
+Status naive_forward(const FwdParams& p);    // naive.cu
+Status fa1_forward(const FwdParams& p);      // fa1.cu
+Status fa2_forward(const FwdParams& p);      // fa2/ (sm80+ tensor cores)
+Status fa2_backward(const BwdParams& p);     // fa2/ backward
+Status hopper_forward(const FwdParams& p);   // sm90/ (sm90a)
+Status softmax_forward(const SoftmaxParams& p);  // softmax.cu
+
+// Does the current device support the Hopper rung (sm_90 and compiled for it)?
+bool hopper_available(int device_index);
+
+}  // namespace cuda
+}  // namespace flashattn

@@ -1,0 +1,151 @@
+// CUDA side of the API boundary: device checks, then one switch that picks the
+// rung for Kernel::kAuto. Each rung lives in its own file.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_utils.cuh"
+
+namespace flashattn {
+namespace cuda {
+namespace {
+
+// Every pointer must be device memory of the device we run on (a host pointer
+// would crash the kernel; memory of another GPU would be silently slow or fault).
+Status check_device_pointer(const char* name, const void* ptr, int device) {
+  if (ptr == nullptr) return Status::Ok();
+  cudaPointerAttributes attr{};
+  cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state
+    return Status::Invalid(std::string(name) + " is not a CUDA pointer, but device is CUDA");
+  }
+  if (attr.type == cudaMemoryTypeHost || attr.type == cudaMemoryTypeUnregistered)
+    return Status::Invalid(std::string(name) + " points to host memory, but device is CUDA: pass device memory");
+  if (attr.type == cudaMemoryTypeDevice && attr.device != device)
+    return Status::Invalid(std::string(name) + " lives on CUDA device " + std::to_string(attr.device) +
+                           " but the call runs on device " + std::to_string(device));
+  return Status::Ok();
+}
+
+Status check_device(int device_index, int* resolved) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return Status::Cuda("device is CUDA but no CUDA GPU is available");
+  }
+  if (device_index >= count)
+    return Status::Invalid("device_index " + std::to_string(device_index) + " but only " + std::to_string(count) +
+                           " CUDA device(s) exist");
+  if (device_index < 0) FA_CUDA_CHECK(cudaGetDevice(&device_index));
+  *resolved = device_index;
+  return Status::Ok();
+}
+
+Status check_fwd_pointers(const FwdParams& p, int device) {
+  for (auto [name, ptr] : {std::pair<const char*, const void*>{"q", p.q}, {"k", p.k}, {"v", p.v}, {"o", p.o},
+                           {"lse", p.lse}}) {
+    Status st = check_device_pointer(name, ptr, device);
+    if (!st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
+int compute_capability(int device) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  return major * 10 + minor;
+}
+
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+bool hopper_available(int device_index) {
+#if FLASHATTN_HAS_SM90
+  return compute_capability(device_index) == 90;
+#else
+  (void)device_index;
+  return false;
+#endif
+}
+
+Status forward(const FwdParams& p) {
+  int device = 0;
+  Status st = check_device(p.device_index, &device);
+  if (!st.ok()) return st;
+  st = check_fwd_pointers(p, device);
+  if (!st.ok()) return st;
+  DeviceGuard guard(device);
+  switch (p.kernel) {
+    case Kernel::kNaive: return naive_forward(p);
+    case Kernel::kFA1: return fa1_forward(p);
+    case Kernel::kFA2: return fa2_forward(p);
+    case Kernel::kHopper:
+      if (!hopper_available(device))
+        return Status::Unsupported("the hopper kernel needs an sm_90 GPU and a build with 90a in FLASHATTN_CUDA_ARCHS");
+#if FLASHATTN_HAS_SM90
+      return hopper_forward(p);
+#endif
+    default: break;
+  }
+  // kAuto: the Hopper kernel where it runs and supports the request, else FA2.
+#if FLASHATTN_HAS_SM90
+  if (p.dtype != DType::kFloat32 && hopper_available(device)) {
+    st = hopper_forward(p);
+    if (st.code != StatusCode::kUnsupported) return st;
+  }
+#endif
+  if (p.dtype != DType::kFloat32 && compute_capability(device) >= 80) {
+    st = fa2_forward(p);
+    if (st.code != StatusCode::kUnsupported) return st;
+  }
+  // fp32, or a shape the tensor-core rungs refuse: the CUDA-core rung.
+  return fa1_forward(p);
+}
+
+Status backward(const BwdParams& p) {
+  int device = 0;
+  Status st = check_device(p.device_index, &device);
+  if (!st.ok()) return st;
+  st = check_fwd_pointers(p, device);
+  if (!st.ok()) return st;
+  for (auto [name, ptr] : {std::pair<const char*, const void*>{"dout", p.dout}, {"dq", p.dq}, {"dk", p.dk},
+                           {"dv", p.dv}}) {
+    st = check_device_pointer(name, ptr, device);
+    if (!st.ok()) return st;
+  }
+  DeviceGuard guard(device);
+  switch (p.kernel) {
+    case Kernel::kAuto:
+    case Kernel::kFA2:
+      return fa2_backward(p);
+    default:
+      return Status::Unsupported(std::string("no CUDA backward for kernel ") + kernel_name(p.kernel) +
+                                 "; use auto or fa2");
+  }
+}
+
+Status softmax(const SoftmaxParams& p) {
+  int device = 0;
+  Status st = check_device(p.device_index, &device);
+  if (!st.ok()) return st;
+  st = check_device_pointer("x", p.x, device);
+  if (!st.ok()) return st;
+  st = check_device_pointer("y", p.y, device);
+  if (!st.ok()) return st;
+  DeviceGuard guard(device);
+  return softmax_forward(p);
+}
+
+}  // namespace cuda
+}  // namespace flashattn

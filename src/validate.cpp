@@ -1,0 +1,211 @@
+// The one place where requests are checked. Kernels trust what passes here.
+// Every message says what was wrong and what is allowed (README: "Errors").
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "common/mask.h"
+#include "flashattn/flashattn.h"
+
+namespace flashattn {
+namespace {
+
+constexpr int64_t kIndexLimit = std::numeric_limits<int32_t>::max();
+
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+bool valid_dtype(DType d) {
+  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+}
+
+Status check_size(const char* name, int64_t value) {
+  if (value < 1) return Status::Invalid(cat(name, " must be >= 1 (got ", value, ")"));
+  if (value > kIndexLimit)
+    return Status::Invalid(cat(name, " = ", value, " exceeds the 32-bit index range (at most ", kIndexLimit, ")"));
+  return Status::Ok();
+}
+
+// Alignment a pointer/stride must have: the element size on the CPU; 16 bytes
+// on CUDA, because every CUDA kernel moves rows with 16-byte vector loads.
+int64_t required_alignment_bytes(Device device, DType dtype) {
+  return device == Device::kCUDA ? 16 : dtype_size(dtype);
+}
+
+Status check_pointer(const char* name, const void* ptr, int64_t align_bytes, bool required = true) {
+  if (ptr == nullptr) {
+    if (required) return Status::Invalid(cat(name, " is a null pointer"));
+    return Status::Ok();
+  }
+  if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(align_bytes) != 0)
+    return Status::Invalid(cat(name, " pointer ", ptr, " is misaligned: it must be a multiple of ", align_bytes,
+                               " bytes"));
+  return Status::Ok();
+}
+
+// One [batch, seqlen, heads, dim] tensor: non-negative strides that keep the
+// 16-byte alignment of every row on CUDA, and a largest offset that fits int64.
+Status check_tensor(const char* name, int64_t batch, int64_t seqlen, int64_t heads, int64_t dim,
+                    int64_t batch_stride, int64_t row_stride, int64_t head_stride, Device device, DType dtype) {
+  const int64_t strides[3] = {batch_stride, row_stride, head_stride};
+  const char* stride_names[3] = {"batch", "row", "head"};
+  const int64_t elems_per_align = required_alignment_bytes(device, dtype) / dtype_size(dtype);
+  for (int i = 0; i < 3; ++i) {
+    if (strides[i] < 0)
+      return Status::Invalid(cat(name, " ", stride_names[i], " stride is ", strides[i],
+                                 "; strides must be >= 0 (in elements)"));
+    if (strides[i] % elems_per_align != 0)
+      return Status::Invalid(cat(name, " ", stride_names[i], " stride ", strides[i], " is misaligned: on ",
+                                 device_name(device), " strides must be multiples of ", elems_per_align,
+                                 " elements (", required_alignment_bytes(device, dtype), " bytes)"));
+  }
+  // Largest element offset, computed without overflow.
+  const long double max_off = static_cast<long double>(batch - 1) * batch_stride +
+                              static_cast<long double>(seqlen - 1) * row_stride +
+                              static_cast<long double>(heads - 1) * head_stride + static_cast<long double>(dim);
+  if (max_off * dtype_size(dtype) > static_cast<long double>(std::numeric_limits<int64_t>::max()))
+    return Status::Invalid(cat(name, " spans more than 2^63 bytes: index overflow"));
+  return Status::Ok();
+}
+
+Status check_device_and_kernel(Device device, Kernel kernel) {
+  if (device != Device::kCPU && device != Device::kCUDA)
+    return Status::Invalid(cat("device must be CPU or CUDA (got ", static_cast<int>(device), ")"));
+  switch (kernel) {
+    case Kernel::kAuto:
+      return Status::Ok();
+    case Kernel::kReference:
+    case Kernel::kCpuFlash:
+      if (device != Device::kCPU)
+        return Status::Invalid(cat("kernel ", kernel_name(kernel), " runs on the CPU, but device is CUDA; "
+                                   "on CUDA use auto, naive, fa1, fa2 or hopper"));
+      return Status::Ok();
+    case Kernel::kNaive:
+    case Kernel::kFA1:
+    case Kernel::kFA2:
+    case Kernel::kHopper:
+      if (device != Device::kCUDA)
+        return Status::Invalid(cat("kernel ", kernel_name(kernel), " runs on CUDA, but device is CPU; "
+                                   "on the CPU use auto, reference or cpu_flash"));
+      return Status::Ok();
+  }
+  return Status::Invalid(cat("unknown kernel value ", static_cast<int>(kernel)));
+}
+
+#define FA_RETURN_IF_ERROR(expr)      \
+  do {                                \
+    Status _st = (expr);              \
+    if (!_st.ok()) return _st;        \
+  } while (0)
+
+Status validate_problem(const FwdParams& p) {
+  FA_RETURN_IF_ERROR(check_device_and_kernel(p.device, p.kernel));
+  if (!valid_dtype(p.dtype))
+    return Status::Invalid(cat("dtype must be float32, float16 or bfloat16 (got ", static_cast<int>(p.dtype), ")"));
+  FA_RETURN_IF_ERROR(check_size("batch", p.batch));
+  FA_RETURN_IF_ERROR(check_size("seqlen_q", p.seqlen_q));
+  FA_RETURN_IF_ERROR(check_size("seqlen_k", p.seqlen_k));
+  FA_RETURN_IF_ERROR(check_size("heads_q", p.heads_q));
+  FA_RETURN_IF_ERROR(check_size("heads_kv", p.heads_kv));
+  FA_RETURN_IF_ERROR(check_size("head_dim", p.head_dim));
+  if (p.heads_q % p.heads_kv != 0)
+    return Status::Invalid(cat("heads_q (", p.heads_q, ") must be a multiple of heads_kv (", p.heads_kv,
+                               ") for GQA/MQA"));
+  if (p.head_dim % 8 != 0 || p.head_dim > 256)
+    return Status::Unsupported(cat("head_dim ", p.head_dim, " is not supported: it must be a multiple of 8 "
+                                   "between 8 and 256"));
+  if (p.head_dim_v != 0 && p.head_dim_v != p.head_dim)
+    return Status::Unsupported(cat("head_dim_v ", p.head_dim_v, " differs from head_dim ", p.head_dim,
+                                   "; only head_dim_v == head_dim (or 0) is supported"));
+  if (p.batch * p.heads_q > kIndexLimit)
+    return Status::Invalid(cat("batch * heads_q = ", p.batch * p.heads_q, " exceeds the 32-bit index range"));
+  if (p.batch * p.heads_q * p.seqlen_q > std::numeric_limits<int64_t>::max() / 8)
+    return Status::Invalid("batch * heads_q * seqlen_q overflows 64-bit indexing");
+
+  if (!(p.softmax_scale == p.softmax_scale) || p.softmax_scale == INFINITY || p.softmax_scale == -INFINITY)
+    return Status::Invalid(cat("softmax_scale must be finite (got ", p.softmax_scale, "); 0 means 1/sqrt(head_dim)"));
+  if (!(p.softcap >= 0.0f) || p.softcap == INFINITY)
+    return Status::Invalid(cat("softcap must be finite and >= 0 (got ", p.softcap, "); 0 disables it"));
+  if (p.window_left < -1 || p.window_right < -1)
+    return Status::Invalid(cat("window sizes must be >= -1 (-1 = unbounded); got (", p.window_left, ", ",
+                               p.window_right, ")"));
+
+  const int64_t align = required_alignment_bytes(p.device, p.dtype);
+  const int64_t dv = p.head_dim_v ? p.head_dim_v : p.head_dim;
+  FA_RETURN_IF_ERROR(check_pointer("q", p.q, align));
+  FA_RETURN_IF_ERROR(check_pointer("k", p.k, align));
+  FA_RETURN_IF_ERROR(check_pointer("v", p.v, align));
+  FA_RETURN_IF_ERROR(check_pointer("o", p.o, align));
+  FA_RETURN_IF_ERROR(check_pointer("lse", p.lse, 4, /*required=*/false));
+  FA_RETURN_IF_ERROR(check_tensor("q", p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride,
+                                  p.q_row_stride, p.q_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("k", p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.k_batch_stride,
+                                  p.k_row_stride, p.k_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("v", p.batch, p.seqlen_k, p.heads_kv, dv, p.v_batch_stride, p.v_row_stride,
+                                  p.v_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("o", p.batch, p.seqlen_q, p.heads_q, dv, p.o_batch_stride, p.o_row_stride,
+                                  p.o_head_stride, p.device, p.dtype));
+  // Distinct output rows must not overlap, or threads would race on them.
+  if (p.o_head_stride < dv && p.heads_q > 1)
+    return Status::Invalid(cat("o head stride ", p.o_head_stride, " < head_dim ", dv, ": output rows overlap"));
+  if (p.device == Device::kCUDA && !cuda_compiled())
+    return Status::NotCompiled("device is CUDA but this flashattn was built without CUDA "
+                               "(configure with -DFLASHATTN_CUDA=ON)");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status validate(const FwdParams& p) { return validate_problem(p); }
+
+Status validate(const BwdParams& p) {
+  FA_RETURN_IF_ERROR(validate_problem(p));
+  if (p.lse == nullptr)
+    return Status::Invalid("backward needs lse: pass the log-sum-exp saved by the forward pass");
+  const int64_t align = required_alignment_bytes(p.device, p.dtype);
+  const int64_t dv = p.head_dim_v ? p.head_dim_v : p.head_dim;
+  FA_RETURN_IF_ERROR(check_pointer("dout", p.dout, align));
+  FA_RETURN_IF_ERROR(check_pointer("dq", p.dq, align));
+  FA_RETURN_IF_ERROR(check_pointer("dk", p.dk, align));
+  FA_RETURN_IF_ERROR(check_pointer("dv", p.dv, align));
+  FA_RETURN_IF_ERROR(check_tensor("dout", p.batch, p.seqlen_q, p.heads_q, dv, p.dout_batch_stride,
+                                  p.dout_row_stride, p.dout_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("dq", p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.dq_batch_stride,
+                                  p.dq_row_stride, p.dq_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("dk", p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.dk_batch_stride,
+                                  p.dk_row_stride, p.dk_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_tensor("dv", p.batch, p.seqlen_k, p.heads_kv, dv, p.dv_batch_stride,
+                                  p.dv_row_stride, p.dv_head_stride, p.device, p.dtype));
+  return Status::Ok();
+}
+
+Status validate(const SoftmaxParams& p) {
+  if (p.device != Device::kCPU && p.device != Device::kCUDA)
+    return Status::Invalid(cat("device must be CPU or CUDA (got ", static_cast<int>(p.device), ")"));
+  if (!valid_dtype(p.dtype))
+    return Status::Invalid(cat("dtype must be float32, float16 or bfloat16 (got ", static_cast<int>(p.dtype), ")"));
+  if (p.variant != SoftmaxVariant::kNaive && p.variant != SoftmaxVariant::kSafe &&
+      p.variant != SoftmaxVariant::kOnline)
+    return Status::Invalid(cat("softmax variant must be naive, safe or online (got ", static_cast<int>(p.variant),
+                               ")"));
+  FA_RETURN_IF_ERROR(check_size("rows", p.rows));
+  if (p.cols < 1) return Status::Invalid(cat("cols must be >= 1 (got ", p.cols, ")"));
+  if (p.cols > (int64_t{1} << 40)) return Status::Invalid(cat("cols = ", p.cols, " exceeds 2^40"));
+  const int64_t align = required_alignment_bytes(p.device, p.dtype);
+  FA_RETURN_IF_ERROR(check_pointer("x", p.x, p.device == Device::kCUDA ? dtype_size(p.dtype) : align));
+  FA_RETURN_IF_ERROR(check_pointer("y", p.y, p.device == Device::kCUDA ? dtype_size(p.dtype) : align));
+  if (p.rows > 1 && (p.x_row_stride < p.cols || p.y_row_stride < p.cols))
+    return Status::Invalid(cat("row strides (x ", p.x_row_stride, ", y ", p.y_row_stride,
+                               ") must be >= cols (", p.cols, ")"));
+  if (p.device == Device::kCUDA && !cuda_compiled())
+    return Status::NotCompiled("device is CUDA but this flashattn was built without CUDA "
+                               "(configure with -DFLASHATTN_CUDA=ON)");
+  return Status::Ok();
+}
+
+}  // namespace flashattn
