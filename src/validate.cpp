@@ -135,6 +135,13 @@ Status validate_problem(const FwdParams& p) {
     return Status::Invalid(cat("window sizes must be >= -1 (-1 = unbounded); got (", p.window_left, ", ",
                                p.window_right, ")"));
 
+  // Varlen / KV-cache support lands kernel by kernel (issue 8); until a
+  // backend handles them they are refused here rather than ignored.
+  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
+    return Status::Unsupported("variable-length batches and KV caches (cu_seqlens_q/k, seqused_k, block_table) "
+                               "are not supported yet");
+  if (p.num_splits < 0) return Status::Invalid(cat("num_splits must be >= 0 (got ", p.num_splits, ")"));
+
   const int64_t align = required_alignment_bytes(p.device, p.dtype);
   const int64_t dv = p.head_dim_v ? p.head_dim_v : p.head_dim;
   FA_RETURN_IF_ERROR(check_pointer("q", p.q, align));

@@ -79,6 +79,29 @@ struct FwdParams {
   // Soft-capping of the scores (Gemma 2): s = softcap * tanh(scale * q.k / softcap). 0 = off.
   float softcap = 0.0f;
 
+  // --- Variable-length batches (flash_attn_varlen_func). When cu_seqlens_q is
+  // set, q and o are packed [total_q, heads, dim]: sequence b owns rows
+  // cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 and the batch strides are ignored;
+  // likewise k/v with cu_seqlens_k. seqlen_q / seqlen_k then mean the maximum
+  // lengths (max_seqlen_q / max_seqlen_k). int32 prefix sums of batch + 1
+  // entries, in the memory of `device`. Masks align per sequence.
+  // LSE stays [batch, heads_q, seqlen_q] (rows past a sequence's end unused).
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  // --- KV cache: number of valid keys of sequence b (cache_seqlens); keys at or
+  // past it are ignored. [batch] int32, nullptr = all seqlen_k keys are valid.
+  const int32_t* seqused_k = nullptr;
+  // Paged KV cache: when block_table is set, k and v are page pools
+  // [num_pages, page_size, heads_kv, dim] (k/v batch strides step over pages)
+  // and key j of sequence b lives in page block_table[b * block_table_batch_stride + j / page_size],
+  // row j % page_size. Any page_size >= 1.
+  const int32_t* block_table = nullptr;
+  int64_t block_table_batch_stride = 0;
+  int64_t page_size = 0;
+  int64_t num_pages = 0;
+  // Split-KV (flash-decoding): 0 = heuristic, 1 = no split, n = force n splits.
+  int num_splits = 0;
+
   // Where the pointers live and where to run. stream is a cudaStream_t (nullptr
   // = the legacy default stream); device_index is the CUDA ordinal (-1 = current).
   Device device = Device::kCPU;
