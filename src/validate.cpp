@@ -39,7 +39,7 @@ int64_t required_alignment_bytes(Device device, DType dtype) {
 
 Status check_pointer(const char* name, const void* ptr, int64_t align_bytes, bool required = true) {
   if (ptr == nullptr) {
-    if (required) return Status::Invalid(cat(name, " is a null pointer"));
+    if (required) return Status::Invalid(cat(name, " is a null pointer; it must point to the tensor's memory"));
     return Status::Ok();
   }
   if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(align_bytes) != 0)
@@ -103,8 +103,17 @@ Status check_device_and_kernel(Device device, Kernel kernel) {
     if (!_st.ok()) return _st;        \
   } while (0)
 
+Status check_cuda_compiled(Device device) {
+  if (device == Device::kCUDA && !cuda_compiled())
+    return Status::NotCompiled("device is CUDA but this flashattn was built without CUDA "
+                               "(configure with -DFLASHATTN_CUDA=ON)");
+  return Status::Ok();
+}
+
 Status validate_problem(const FwdParams& p) {
   FA_RETURN_IF_ERROR(check_device_and_kernel(p.device, p.kernel));
+  // Before anything device-specific (alignment rules): a CUDA request to a CPU-only build.
+  FA_RETURN_IF_ERROR(check_cuda_compiled(p.device));
   if (!valid_dtype(p.dtype))
     return Status::Invalid(cat("dtype must be float32, float16 or bfloat16 (got ", static_cast<int>(p.dtype), ")"));
   FA_RETURN_IF_ERROR(check_size("batch", p.batch));
@@ -123,7 +132,8 @@ Status validate_problem(const FwdParams& p) {
     return Status::Unsupported(cat("head_dim_v ", p.head_dim_v, " differs from head_dim ", p.head_dim,
                                    "; only head_dim_v == head_dim (or 0) is supported"));
   if (p.batch * p.heads_q > kIndexLimit)
-    return Status::Invalid(cat("batch * heads_q = ", p.batch * p.heads_q, " exceeds the 32-bit index range"));
+    return Status::Invalid(cat("batch * heads_q = ", p.batch * p.heads_q, " exceeds the 32-bit index range (at most ",
+                               kIndexLimit, ")"));
   if (p.batch * p.heads_q * p.seqlen_q > std::numeric_limits<int64_t>::max() / 8)
     return Status::Invalid("batch * heads_q * seqlen_q overflows 64-bit indexing");
 
@@ -160,9 +170,6 @@ Status validate_problem(const FwdParams& p) {
   // Distinct output rows must not overlap, or threads would race on them.
   if (p.o_head_stride < dv && p.heads_q > 1)
     return Status::Invalid(cat("o head stride ", p.o_head_stride, " < head_dim ", dv, ": output rows overlap"));
-  if (p.device == Device::kCUDA && !cuda_compiled())
-    return Status::NotCompiled("device is CUDA but this flashattn was built without CUDA "
-                               "(configure with -DFLASHATTN_CUDA=ON)");
   return Status::Ok();
 }
 
@@ -194,6 +201,7 @@ Status validate(const BwdParams& p) {
 Status validate(const SoftmaxParams& p) {
   if (p.device != Device::kCPU && p.device != Device::kCUDA)
     return Status::Invalid(cat("device must be CPU or CUDA (got ", static_cast<int>(p.device), ")"));
+  FA_RETURN_IF_ERROR(check_cuda_compiled(p.device));
   if (!valid_dtype(p.dtype))
     return Status::Invalid(cat("dtype must be float32, float16 or bfloat16 (got ", static_cast<int>(p.dtype), ")"));
   if (p.variant != SoftmaxVariant::kNaive && p.variant != SoftmaxVariant::kSafe &&
@@ -209,9 +217,11 @@ Status validate(const SoftmaxParams& p) {
   if (p.rows > 1 && (p.x_row_stride < p.cols || p.y_row_stride < p.cols))
     return Status::Invalid(cat("row strides (x ", p.x_row_stride, ", y ", p.y_row_stride,
                                ") must be >= cols (", p.cols, ")"));
-  if (p.device == Device::kCUDA && !cuda_compiled())
-    return Status::NotCompiled("device is CUDA but this flashattn was built without CUDA "
-                               "(configure with -DFLASHATTN_CUDA=ON)");
+  // Largest element offset (rows - 1) * stride + cols, in bytes, must fit int64.
+  for (int64_t stride : {p.x_row_stride, p.y_row_stride})
+    if (p.rows > 1 && static_cast<long double>(p.rows - 1) * stride * dtype_size(p.dtype) >
+                          static_cast<long double>(std::numeric_limits<int64_t>::max() / 2))
+      return Status::Invalid(cat("rows (", p.rows, ") * row stride (", stride, ") overflows 64-bit indexing"));
   return Status::Ok();
 }
 
