@@ -1,5 +1,336 @@
-// STUB: replaced by the real kernel.
+// Row softmax on the GPU: y[r, :] = softmax(x[r, :]) for a [rows, cols] matrix.
+// The three variants of docs/01-online-softmax.md:
+//   naive  (1): l = sum exp(x),                y = exp(x) / l           (overflows for x > 88)
+//   safe   (2): m = max x, then l = sum exp(x - m), then y = exp(x - m) / l   (x read 2-3 times)
+//   online (3)/(4): one pass keeps (m, l) and rescales l whenever m grows; partial (m, l)
+//           of threads, warps, blocks and row chunks merge exactly with equation (4).
+//
+// Three launch shapes, picked by the row length (host code at the bottom):
+//   short rows  (cols <= 1024):  one warp per row, shuffle reductions only.
+//   medium rows (row fits 96 KiB): one block per row; the row is cached in shared
+//                memory by the first pass, so x is read from HBM exactly once.
+//   long rows / few rows: the row is cut into chunks of one block each; every block
+//                writes its partial (m, l) (kernel 1), each normalize block merges
+//                the row's partials with equation (4) and writes its chunk (kernel 2).
+// Loads and stores are 16-byte vectors when pointers and strides allow it,
+// scalar otherwise (validate only guarantees element alignment here).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
 #include "cuda/cuda_backend.h"
-namespace flashattn { namespace cuda {
-Status softmax_forward(const SoftmaxParams&) { return Status::Unsupported("softmax_forward is not implemented yet"); }
-}}  // namespace flashattn::cuda
+#include "cuda/cuda_utils.cuh"
+#include "cuda/softmax_rows.cuh"
+#include "flashattn/online_softmax.h"
+
+namespace flashattn {
+namespace cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpRowsThreads = 256;          // warp-per-row kernel: 8 rows per block
+constexpr int64_t kWarpRowMaxCols = 1024;      // rows up to this length take one warp
+constexpr int64_t kMaxCacheBytes = 96 * 1024;  // block-per-row: row cached in smem up to this
+constexpr int kSplitThreads = 512;
+
+struct RowArgs {
+  const void* x;
+  void* y;
+  float* lse;  // optional, one per row
+  int64_t rows, cols, x_stride, y_stride;
+  SoftmaxVariant variant;
+};
+
+// VEC elements of T moved as one 16-byte access (VEC = 1: a plain scalar).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void unpack(const Pack<T, N>& pk, float (&f)[N]) {
+#pragma unroll
+  for (int e = 0; e < N; ++e) f[e] = to_float(pk.v[e]);
+}
+
+// ---------------------------------------------------------------------------
+// Per-thread folding of N values into running statistics, per variant.
+// ---------------------------------------------------------------------------
+// Online, equation (4) with the N values as one block: one rescale per vector
+// instead of one per element (equation (3) applied N times gives the same m, l).
+template <int N>
+__device__ __forceinline__ void fold_online(SoftmaxStats& s, const float (&v)[N]) {
+  float vmax = v[0];
+#pragma unroll
+  for (int e = 1; e < N; ++e) vmax = fmaxf(vmax, v[e]);
+  if (vmax == -INFINITY) return;  // nothing visible: (-inf, 0) is the identity of (4)
+  const float m = fmaxf(s.max, vmax);
+  float l = s.sum * rescale_factor(s.max, m);
+#pragma unroll
+  for (int e = 0; e < N; ++e) l += expf(v[e] - m);
+  s.max = m;
+  s.sum = l;
+}
+
+// ---------------------------------------------------------------------------
+// Reductions of SoftmaxStats across a warp / a block, all with equation (4).
+// A max-only reduction is (m, 0); a sum with a shared max is (M, l) — both are
+// special cases of the merge, so one routine serves every variant.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off /= 2) {
+    SoftmaxStats o;
+    o.max = __shfl_xor_sync(0xffffffffu, s.max, off);
+    o.sum = __shfl_xor_sync(0xffffffffu, s.sum, off);
+    s = merge(s, o);
+  }
+  return s;
+}
+
+// red: __shared__ SoftmaxStats[32]. Every thread of the block must call it.
+template <bool kBlock>
+__device__ __forceinline__ SoftmaxStats group_merge(SoftmaxStats s, SoftmaxStats* red) {
+  s = warp_merge(s);
+  if (!kBlock) return s;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int nwarps = blockDim.x / kWarpSize;
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    SoftmaxStats t = lane < nwarps ? red[lane] : SoftmaxStats{};
+    t = warp_merge(t);
+    if (lane == 0) red[kWarpSize] = t;
+  }
+  __syncthreads();
+  s = red[kWarpSize];
+  __syncthreads();  // red may be reused right away
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// One row (or one chunk of a row) handled by a group of `nthreads` threads.
+// Thread t touches vectors t, t + nthreads, ... in every pass, so the smem
+// cache written in the first pass is read back by the same thread (no sync).
+// ---------------------------------------------------------------------------
+template <typename T, int VEC>
+struct RowSlice {
+  const T* x;
+  T* y;
+  int64_t n;     // elements in this slice
+  T* cache;      // shared-memory copy of the slice (nullptr: re-read x)
+  int tid, nthreads;
+
+  // f(vals[N]) for every element; `first` = this pass reads HBM (fills the cache).
+  template <typename F>
+  __device__ __forceinline__ void for_each(bool first, F&& f) const {
+    const int64_t nvec = n / VEC;
+    const bool from_cache = cache != nullptr && !first;
+    for (int64_t i = tid; i < nvec; i += nthreads) {
+      const T* src = from_cache ? cache + i * VEC : x + i * VEC;
+      const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(src);
+      if (first && cache != nullptr) *reinterpret_cast<Pack<T, VEC>*>(cache + i * VEC) = pk;
+      float v[VEC];
+      unpack(pk, v);
+      f(v, i * VEC);
+    }
+    for (int64_t c = nvec * VEC + tid; c < n; c += nthreads) {  // tail: n % VEC elements
+      const T t = from_cache ? cache[c] : x[c];
+      if (first && cache != nullptr) cache[c] = t;
+      float v[1] = {to_float(t)};
+      f(v, c);
+    }
+  }
+};
+
+// Statistics (m, l) of a slice, merged over the group: the variant's passes.
+template <bool kBlock, typename T, int VEC>
+__device__ SoftmaxStats slice_stats(const RowSlice<T, VEC>& r, SoftmaxVariant variant, SoftmaxStats* red) {
+  SoftmaxStats s;
+  if (variant == SoftmaxVariant::kOnline) {
+    // One pass: equation (3)/(4) per vector, then (4) across the group.
+    r.for_each(true, [&](const auto& v, int64_t) { fold_online(s, v); });
+    return group_merge<kBlock>(s, red);
+  }
+  if (variant == SoftmaxVariant::kSafe) {
+    // Pass 1: the max; pass 2: the sum of exp(x - max).
+    r.for_each(true, [&](const auto& v, int64_t) {
+      for (float e : v) s.max = fmaxf(s.max, e);
+    });
+    s = group_merge<kBlock>(s, red);
+    const float m = s.max;
+    float l = 0.0f;
+    if (m != -INFINITY)
+      r.for_each(false, [&](const auto& v, int64_t) {
+        for (float e : v) l += expf(e - m);
+      });
+    return group_merge<kBlock>(SoftmaxStats{m, l}, red);
+  }
+  // Naive: m is pinned to 0, l = sum exp(x) (inf once some x > 88).
+  float l = 0.0f;
+  r.for_each(true, [&](const auto& v, int64_t) {
+    for (float e : v) l += expf(e);
+  });
+  return group_merge<kBlock>(SoftmaxStats{0.0f, l}, red);
+}
+
+// y = exp(x - m) / l. A row with nothing visible (m = -inf, l = 0) gets y = 0.
+template <typename T, int VEC>
+__device__ __forceinline__ void slice_normalize(const RowSlice<T, VEC>& r, SoftmaxStats s) {
+  const float m = s.max == -INFINITY ? 0.0f : s.max;
+  const float inv_l = s.sum > 0.0f ? 1.0f / s.sum : 0.0f;
+  r.for_each(false, [&](const auto& v, int64_t col) {
+    constexpr int N = sizeof(v) / sizeof(float);
+    Pack<T, N> out;
+#pragma unroll
+    for (int e = 0; e < N; ++e) out.v[e] = from_float<T>(expf(v[e] - m) * inv_l);
+    *reinterpret_cast<Pack<T, N>*>(r.y + col) = out;
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------
+// Short rows: warp w of the block owns row blockIdx.x * warps + w.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kWarpRowsThreads) softmax_warp_rows_kernel(RowArgs a) {
+  const int64_t row = int64_t{blockIdx.x} * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= a.rows) return;  // whole warps leave; no block-wide sync below
+  RowSlice<T, VEC> r{static_cast<const T*>(a.x) + row * a.x_stride, static_cast<T*>(a.y) + row * a.y_stride,
+                     a.cols, nullptr, static_cast<int>(threadIdx.x % kWarpSize), kWarpSize};
+  const SoftmaxStats s = slice_stats<false>(r, a.variant, nullptr);
+  slice_normalize(r, s);
+  if (a.lse && r.tid == 0) a.lse[row] = log_sum_exp(s);
+}
+
+// Medium rows: one block per row, row cached in dynamic shared memory.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(1024) softmax_block_rows_kernel(RowArgs a) {
+  extern __shared__ uint4 cache_raw[];  // uint4: 16-byte aligned
+  __shared__ SoftmaxStats red[kWarpSize + 1];
+  const int64_t row = blockIdx.x;
+  RowSlice<T, VEC> r{static_cast<const T*>(a.x) + row * a.x_stride, static_cast<T*>(a.y) + row * a.y_stride,
+                     a.cols, reinterpret_cast<T*>(cache_raw), static_cast<int>(threadIdx.x),
+                     static_cast<int>(blockDim.x)};
+  const SoftmaxStats s = slice_stats<true>(r, a.variant, red);
+  slice_normalize(r, s);
+  if (a.lse && threadIdx.x == 0) a.lse[row] = log_sum_exp(s);
+}
+
+// Long rows, kernel 1: block (row, split) writes the partial (m, l) of its chunk.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kSplitThreads) softmax_split_stats_kernel(RowArgs a, int64_t chunk, int splits,
+                                                                           SoftmaxStats* partial) {
+  __shared__ SoftmaxStats red[kWarpSize + 1];
+  const int64_t row = blockIdx.x / splits, split = blockIdx.x % splits;
+  const int64_t c0 = split * chunk;
+  RowSlice<T, VEC> r{static_cast<const T*>(a.x) + row * a.x_stride + c0, nullptr, min(chunk, a.cols - c0), nullptr,
+                     static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
+  const SoftmaxStats s = slice_stats<true>(r, a.variant, red);
+  if (threadIdx.x == 0) partial[row * splits + split] = s;
+}
+
+// Long rows, kernel 2: merge the row's partials with equation (4), normalize the chunk.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kSplitThreads) softmax_split_normalize_kernel(RowArgs a, int64_t chunk,
+                                                                               int splits,
+                                                                               const SoftmaxStats* partial) {
+  __shared__ SoftmaxStats red[kWarpSize + 1];
+  const int64_t row = blockIdx.x / splits, split = blockIdx.x % splits;
+  SoftmaxStats s;
+  for (int k = threadIdx.x; k < splits; k += blockDim.x) s = merge(s, partial[row * splits + k]);
+  s = group_merge<true>(s, red);
+  const int64_t c0 = split * chunk;
+  RowSlice<T, VEC> r{static_cast<const T*>(a.x) + row * a.x_stride + c0,
+                     static_cast<T*>(a.y) + row * a.y_stride + c0, min(chunk, a.cols - c0), nullptr,
+                     static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
+  slice_normalize(r, s);
+  if (a.lse && split == 0 && threadIdx.x == 0) a.lse[row] = log_sum_exp(s);
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T, int VEC>
+Status launch(const RowArgs& a, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  FA_CUDA_CHECK(cudaGetDevice(&device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+
+  if (a.cols <= kWarpRowMaxCols) {
+    const int64_t rows_per_block = kWarpRowsThreads / kWarpSize;
+    softmax_warp_rows_kernel<T, VEC>
+        <<<static_cast<unsigned>(ceil_div(a.rows, rows_per_block)), kWarpRowsThreads, 0, stream>>>(a);
+    FA_CUDA_CHECK_LAUNCH("softmax_warp_rows_kernel");
+    return Status::Ok();
+  }
+
+  const int64_t cache_bytes = ceil_div(a.cols * static_cast<int64_t>(sizeof(T)), 16) * 16;
+  const bool few_rows = a.rows < 2 * sms;  // one block per row would leave SMs idle
+  if (cache_bytes <= kMaxCacheBytes && !(few_rows && a.cols > 8192)) {
+    const int64_t nvec = ceil_div(a.cols, VEC);
+    int threads = 128;
+    while (threads < 1024 && threads * 4 < nvec) threads *= 2;  // ~4 vectors per thread
+    auto kernel = softmax_block_rows_kernel<T, VEC>;
+    if (cache_bytes > 48 * 1024)
+      FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kMaxCacheBytes)));
+    kernel<<<static_cast<unsigned>(a.rows), threads, static_cast<size_t>(cache_bytes), stream>>>(a);
+    FA_CUDA_CHECK_LAUNCH("softmax_block_rows_kernel");
+    return Status::Ok();
+  }
+
+  // Split rows: aim for ~4 blocks per SM in total, chunks of >= 4096 elements
+  // (a multiple of 8, so every chunk starts 16-byte aligned).
+  const int64_t target_blocks = 4 * int64_t{sms};
+  int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, a.rows), 1, ceil_div(a.cols, 4096));
+  const int64_t chunk = ceil_div(ceil_div(a.cols, splits), 8) * 8;
+  splits = ceil_div(a.cols, chunk);
+  if (a.rows * splits > INT32_MAX) return Status::Unsupported("softmax: rows * splits exceeds the grid size");
+  const size_t ws_bytes = static_cast<size_t>(a.rows * splits) * sizeof(SoftmaxStats);
+  SoftmaxStats* partial = nullptr;
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), ws_bytes, stream));
+  const unsigned grid = static_cast<unsigned>(a.rows * splits);
+  softmax_split_stats_kernel<T, VEC><<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) {
+    softmax_split_normalize_kernel<T, VEC>
+        <<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
+    err = cudaGetLastError();
+  }
+  const cudaError_t free_err = cudaFreeAsync(partial, stream);
+  FA_CUDA_CHECK(err);
+  FA_CUDA_CHECK(free_err);
+  return Status::Ok();
+}
+
+// 16-byte vectors when both pointers and both row strides keep every row aligned.
+template <typename T>
+Status launch_typed(const RowArgs& a, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = aligned(a.x) && aligned(a.y) &&
+                   (a.rows == 1 || (a.x_stride % kVec == 0 && a.y_stride % kVec == 0));
+  return vec ? launch<T, kVec>(a, stream) : launch<T, 1>(a, stream);
+}
+
+}  // namespace
+
+Status launch_softmax_rows(const SoftmaxParams& p, float* lse, cudaStream_t stream) {
+  RowArgs a{p.x, p.y, lse, p.rows, p.cols, p.rows > 1 ? p.x_row_stride : 0, p.rows > 1 ? p.y_row_stride : 0,
+            p.variant};
+  switch (p.dtype) {
+    case DType::kFloat32: return launch_typed<float>(a, stream);
+    case DType::kFloat16: return launch_typed<__half>(a, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(a, stream);
+  }
+  return Status::Internal("softmax: unknown dtype");
+}
+
+Status softmax_forward(const SoftmaxParams& p) { return launch_softmax_rows(p, nullptr, as_stream(p.stream)); }
+
+}  // namespace cuda
+}  // namespace flashattn
