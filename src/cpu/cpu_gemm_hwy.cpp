@@ -1,0 +1,303 @@
+// Inner loops of the CPU FlashAttention kernels (see cpu_gemm.h).
+//
+// With Highway (FLASHATTN_HAS_HWY) this file is compiled once per SIMD target
+// (foreach_target.h re-includes it) and HWY_DYNAMIC_DISPATCH picks the best
+// one for the running CPU. Without it, plain loops that -O3 vectorizes.
+//
+// GEMM micro-kernel: an MR x (NR vectors) block of C lives in registers; for
+// every k one row of B (NR vectors) is loaded and MR elements of A are
+// broadcast, giving MR * NR FMAs per MR + NR loads. MR = 4, NR = 3 uses
+// 12 accumulators + 3 B vectors + 1 broadcast = the 16 AVX2 registers.
+// Column panels of B (K x NR vectors) are the outer loop so a panel stays in
+// L1 while the row tiles of A stream past it.
+#include "cpu/cpu_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+
+#if FLASHATTN_HAS_HWY
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/cpu_gemm_hwy.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace flashattn {
+namespace cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+template <int MR, int NR, bool kTransA>
+HWY_INLINE void GemmTile(int64_t K, const float* HWY_RESTRICT A, int64_t lda, const float* HWY_RESTRICT B,
+                         int64_t ldb, float* HWY_RESTRICT C, int64_t ldc, bool accumulate) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  VF c[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) c[r][n] = accumulate ? hn::LoadU(d, C + r * ldc + n * L) : hn::Zero(d);
+  for (int64_t k = 0; k < K; ++k) {
+    VF b[NR];
+    for (int n = 0; n < NR; ++n) b[n] = hn::LoadU(d, B + k * ldb + n * L);
+    for (int r = 0; r < MR; ++r) {
+      const VF a = hn::Set(d, kTransA ? A[k * lda + r] : A[r * lda + k]);
+      for (int n = 0; n < NR; ++n) c[r][n] = hn::MulAdd(a, b[n], c[r][n]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) hn::StoreU(c[r][n], d, C + r * ldc + n * L);
+}
+
+// All row tiles of one column panel of NR vectors.
+template <int NR, bool kTransA>
+HWY_INLINE void GemmPanel(int64_t M, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                          int64_t ldc, bool acc) {
+  constexpr int MR = 4;
+  int64_t r = 0;
+  for (; r + MR <= M; r += MR) {
+    const float* a = kTransA ? A + r : A + r * lda;
+    GemmTile<MR, NR, kTransA>(K, a, lda, B, ldb, C + r * ldc, ldc, acc);
+  }
+  for (; r < M; ++r) {
+    const float* a = kTransA ? A + r : A + r * lda;
+    GemmTile<1, NR, kTransA>(K, a, lda, B, ldb, C + r * ldc, ldc, acc);
+  }
+}
+
+template <bool kTransA>
+HWY_INLINE void GemmT(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                      float* C, int64_t ldc, bool acc) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  int64_t j = 0;
+  for (; j + 3 * L <= N; j += 3 * L) GemmPanel<3, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
+  for (; j + 2 * L <= N; j += 2 * L) GemmPanel<2, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
+  for (; j + L <= N; j += L) GemmPanel<1, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
+}
+
+void GemmImpl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_trans, const float* B,
+              int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (a_trans)
+    GemmT<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  else
+    GemmT<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+float RowMaxImpl(const float* x, int64_t n) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  VF m = hn::Set(d, -INFINITY);
+  for (int64_t j = 0; j < n; j += L) m = hn::Max(m, hn::LoadU(d, x + j));
+  return hn::GetLane(hn::MaxOfLanes(d, m));
+}
+
+float ExpSubSumImpl(float* x, int64_t n, float m) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const VF vm = hn::Set(d, m);
+  VF s0 = hn::Zero(d), s1 = hn::Zero(d);
+  int64_t j = 0;
+  for (; j + 2 * L <= n; j += 2 * L) {
+    const VF e0 = hn::Exp(d, hn::Sub(hn::LoadU(d, x + j), vm));
+    const VF e1 = hn::Exp(d, hn::Sub(hn::LoadU(d, x + j + L), vm));
+    hn::StoreU(e0, d, x + j);
+    hn::StoreU(e1, d, x + j + L);
+    s0 = hn::Add(s0, e0);
+    s1 = hn::Add(s1, e1);
+  }
+  float tail = 0.0f;
+  for (; j < n; ++j) {
+    x[j] = std::exp(x[j] - m);
+    tail += x[j];
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1))) + tail;
+}
+
+void ScaleRowImpl(float* x, int64_t n, float a) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const VF va = hn::Set(d, a);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) hn::StoreU(hn::Mul(hn::LoadU(d, x + j), va), d, x + j);
+  for (; j < n; ++j) x[j] *= a;
+}
+
+void SoftcapRowImpl(float* x, int64_t n, float cap) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const VF vc = hn::Set(d, cap), vinv = hn::Set(d, 1.0f / cap);
+  int64_t j = 0;
+  for (; j + L <= n; j += L)
+    hn::StoreU(hn::Mul(vc, hn::Tanh(d, hn::Mul(hn::LoadU(d, x + j), vinv))), d, x + j);
+  for (; j < n; ++j) x[j] = cap * std::tanh(x[j] / cap);
+}
+
+void DsRowImpl(const float* p, const float* dp, const float* s, float* ds, int64_t n, float delta, float cap) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const VF vdelta = hn::Set(d, delta);
+  int64_t j = 0;
+  if (cap > 0.0f) {
+    const VF vinv = hn::Set(d, 1.0f / cap), one = hn::Set(d, 1.0f);
+    for (; j + L <= n; j += L) {
+      const VF t = hn::Mul(hn::LoadU(d, s + j), vinv);
+      // 1 - t^2, clamped at 0 so a masked score (t = -inf, p = 0) gives 0, not NaN.
+      const VF g = hn::Max(hn::NegMulAdd(t, t, one), hn::Zero(d));
+      const VF v = hn::Mul(hn::LoadU(d, p + j), hn::Sub(hn::LoadU(d, dp + j), vdelta));
+      hn::StoreU(hn::Mul(v, g), d, ds + j);
+    }
+    for (; j < n; ++j) {
+      const float t = s[j] / cap;
+      ds[j] = p[j] * (dp[j] - delta) * std::max(1.0f - t * t, 0.0f);
+    }
+    return;
+  }
+  for (; j + L <= n; j += L)
+    hn::StoreU(hn::Mul(hn::LoadU(d, p + j), hn::Sub(hn::LoadU(d, dp + j), vdelta)), d, ds + j);
+  for (; j < n; ++j) ds[j] = p[j] * (dp[j] - delta);
+}
+
+float DotImpl(const float* a, const float* b, int64_t n) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  VF acc = hn::Zero(d);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) acc = hn::MulAdd(hn::LoadU(d, a + j), hn::LoadU(d, b + j), acc);
+  float tail = 0.0f;
+  for (; j < n; ++j) tail += a[j] * b[j];
+  return hn::GetLane(hn::SumOfLanes(d, acc)) + tail;
+}
+
+const char* TargetNameImpl() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace cpu
+}  // namespace flashattn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace flashattn {
+namespace cpu {
+HWY_EXPORT(GemmImpl);
+HWY_EXPORT(RowMaxImpl);
+HWY_EXPORT(ExpSubSumImpl);
+HWY_EXPORT(ScaleRowImpl);
+HWY_EXPORT(SoftcapRowImpl);
+HWY_EXPORT(DsRowImpl);
+HWY_EXPORT(DotImpl);
+HWY_EXPORT(TargetNameImpl);
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_trans, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate) {
+  HWY_DYNAMIC_DISPATCH(GemmImpl)(M, N, K, A, lda, a_trans, B, ldb, C, ldc, accumulate);
+}
+float row_max(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(RowMaxImpl)(x, n); }
+float exp_sub_sum(float* x, int64_t n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSumImpl)(x, n, m); }
+void scale_row(float* x, int64_t n, float a) { HWY_DYNAMIC_DISPATCH(ScaleRowImpl)(x, n, a); }
+void softcap_row(float* x, int64_t n, float cap) { HWY_DYNAMIC_DISPATCH(SoftcapRowImpl)(x, n, cap); }
+void ds_row(const float* p, const float* dp, const float* s, float* ds, int64_t n, float delta, float cap) {
+  HWY_DYNAMIC_DISPATCH(DsRowImpl)(p, dp, s, ds, n, delta, cap);
+}
+float dot(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n); }
+const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
+}  // namespace cpu
+}  // namespace flashattn
+#endif  // HWY_ONCE
+
+#else  // !FLASHATTN_HAS_HWY: plain loops, vectorized by the compiler at -O3.
+
+namespace flashattn {
+namespace cpu {
+namespace {
+
+// Same register blocking as the Highway kernel, with a 16-wide column block as
+// a plain array the compiler keeps in vector registers.
+template <int MR, bool kTransA>
+inline void gemm_tile16(int64_t K, const float* __restrict__ A, int64_t lda, const float* __restrict__ B,
+                        int64_t ldb, float* __restrict__ C, int64_t ldc, bool accumulate) {
+  float c[MR][16];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < 16; ++n) c[r][n] = accumulate ? C[r * ldc + n] : 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = B + k * ldb;
+    for (int r = 0; r < MR; ++r) {
+      const float a = kTransA ? A[k * lda + r] : A[r * lda + k];
+      for (int n = 0; n < 16; ++n) c[r][n] += a * b[n];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < 16; ++n) C[r * ldc + n] = c[r][n];
+}
+
+template <bool kTransA>
+void gemm_t(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+            int64_t ldc, bool acc) {
+  for (int64_t j = 0; j < N; j += 16) {
+    int64_t r = 0;
+    for (; r + 4 <= M; r += 4)
+      gemm_tile16<4, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
+    for (; r < M; ++r)
+      gemm_tile16<1, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
+  }
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_trans, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate) {
+  if (a_trans)
+    gemm_t<true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  else
+    gemm_t<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+float row_max(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+float exp_sub_sum(float* x, int64_t n, float m) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = std::exp(x[j] - m);
+    s += x[j];
+  }
+  return s;
+}
+
+void scale_row(float* x, int64_t n, float a) {
+  for (int64_t j = 0; j < n; ++j) x[j] *= a;
+}
+
+void softcap_row(float* x, int64_t n, float cap) {
+  for (int64_t j = 0; j < n; ++j) x[j] = cap * std::tanh(x[j] / cap);
+}
+
+void ds_row(const float* p, const float* dp, const float* s, float* ds, int64_t n, float delta, float cap) {
+  if (cap > 0.0f) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float t = s[j] / cap;
+      ds[j] = p[j] * (dp[j] - delta) * std::max(1.0f - t * t, 0.0f);
+    }
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (dp[j] - delta);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+const char* simd_target_name() { return "plain loops (no Highway)"; }
+
+}  // namespace cpu
+}  // namespace flashattn
+
+#endif  // FLASHATTN_HAS_HWY
