@@ -1,0 +1,26 @@
+// Ring attention simulated with W threads (one per rank), on the CPU or on one
+// GPU: each rank's shard of the output, LSE and gradients must match
+// single-device attention over the whole sequence (tests/cpu/test_ring.cpp,
+// tests/gpu/test_ring_gpu.cpp).
+#pragma once
+
+#include <string>
+
+#include "test_util.h"
+
+namespace flashattn {
+namespace testing {
+
+struct RingCase {
+  int world;
+  bool zigzag;
+  bool causal;
+  int64_t heads_q, heads_kv;
+  DType dtype;
+};
+
+std::string case_name(const RingCase& c);
+void check_ring_case(const RingCase& rc, Device device);
+
+}  // namespace testing
+}  // namespace flashattn
