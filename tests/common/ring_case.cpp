@@ -6,6 +6,9 @@
 #if FLASHATTN_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
+#if FLASHATTN_WITH_NCCL
+#include <nccl.h>
+#endif
 
 namespace flashattn {
 namespace testing {
@@ -54,7 +57,7 @@ void download(const void* dev, void* host, size_t bytes) {
 
 }  // namespace
 
-void check_ring_case(const RingCase& rc, Device device) {
+void check_ring_case(const RingCase& rc, Device device, int nccl_devices) {
   const int64_t L = 2 * 9;  // local length (even, for zig-zag); odd chunk length 9
   Shape s;
   s.batch = 2;
@@ -106,6 +109,7 @@ void check_ring_case(const RingCase& rc, Device device) {
   for (size_t r = 0; r < shards.size(); ++r) {
     Rank& rk = ranks[r];
     BwdParams& p = rk.p;
+    if (nccl_devices > 0) cudaSetDevice(static_cast<int>(r) % nccl_devices);
     p.q = shards[r].mirror(rk.q.data(), rk.q.bytes.size());
     p.k = shards[r].mirror(rk.k.data(), rk.k.bytes.size());
     p.v = shards[r].mirror(rk.v.data(), rk.v.bytes.size());
@@ -116,19 +120,42 @@ void check_ring_case(const RingCase& rc, Device device) {
     p.dv = shards[r].mirror(rk.dv.data(), rk.dv.bytes.size());
     p.lse = static_cast<float*>(shards[r].mirror(rk.lse.data(), rk.lse.size() * 4));
     p.device = Device::kCUDA;
+    p.device_index = nccl_devices > 0 ? static_cast<int>(r) % nccl_devices : -1;
   }
+  if (nccl_devices > 0) cudaSetDevice(0);
 #else
   if (device == Device::kCUDA) GTEST_SKIP() << "built without CUDA";
 #endif
-  auto transports = make_thread_ring(rc.world);
+  std::vector<std::unique_ptr<RingTransport>> transports;
+#if FLASHATTN_WITH_NCCL
+  std::vector<ncclComm_t> comms(nccl_devices > 0 ? rc.world : 0);
+  if (nccl_devices > 0) {
+    std::vector<int> devs(rc.world);
+    for (int r = 0; r < rc.world; ++r) devs[r] = r % nccl_devices;
+    ASSERT_EQ(ncclCommInitAll(comms.data(), rc.world, devs.data()), ncclSuccess);
+    for (int r = 0; r < rc.world; ++r) {
+      cudaSetDevice(devs[r]);
+      transports.push_back(make_nccl_ring(comms[r]));
+    }
+    cudaSetDevice(0);
+  }
+#endif
+  if (transports.empty()) transports = make_thread_ring(rc.world);
   std::vector<std::thread> threads;
   for (int r = 0; r < rc.world; ++r)
     threads.emplace_back([&, r] {
+#if FLASHATTN_WITH_CUDA
+      if (nccl_devices > 0) cudaSetDevice(r % nccl_devices);
+#endif
       ranks[r].fwd = ring_forward(ranks[r].p, *transports[r], rc.zigzag);
       if (ranks[r].fwd.ok()) ranks[r].bwd = ring_backward(ranks[r].p, *transports[r], rc.zigzag);
     });
   for (auto& t : threads) t.join();
 
+#if FLASHATTN_WITH_NCCL
+  transports.clear();
+  for (ncclComm_t c : comms) ncclCommDestroy(c);
+#endif
 #if FLASHATTN_WITH_CUDA
   for (size_t r = 0; r < shards.size(); ++r) {
     Rank& rk = ranks[r];

@@ -20,7 +20,9 @@ struct RingCase {
 };
 
 std::string case_name(const RingCase& c);
-void check_ring_case(const RingCase& rc, Device device);
+// device CUDA: every rank on the current GPU with the thread transport, or, with
+// nccl_devices > 0, rank r on GPU r % nccl_devices with an NCCL transport.
+void check_ring_case(const RingCase& rc, Device device, int nccl_devices = 0);
 
 }  // namespace testing
 }  // namespace flashattn

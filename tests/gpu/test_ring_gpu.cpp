@@ -26,6 +26,18 @@ INSTANTIATE_TEST_SUITE_P(Ring, RingGpu,
                                            RingCase{4, false, false, 4, 4, DType::kBFloat16}),
                          [](const auto& info) { return case_name(info.param); });
 
+// One rank per GPU over NCCL, on every GPU of the machine (needs 2+ GPUs: issue 7).
+TEST(RingGpu, NcclAllGpus) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+#if FLASHATTN_WITH_NCCL
+  const int gpus = cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "needs 2+ GPUs (this machine has " << gpus << ")";
+  for (bool causal : {false, true}) check_ring_case(RingCase{gpus, true, causal, 8, 2, DType::kBFloat16}, Device::kCUDA, gpus);
+#else
+  GTEST_SKIP() << "built without NCCL";
+#endif
+}
+
 TEST(RingGpu, NcclOneRank) {
   FLASHATTN_SKIP_WITHOUT_GPU();
 #if FLASHATTN_WITH_NCCL
