@@ -1,0 +1,64 @@
+// Declaration of the per-head-dim launchers of the FlashAttention-2 backward;
+// each is explicitly instantiated in its own fa2_bwd_hdimNNN_<dtype>.cu file
+// (built only when NNN is in FLASHATTN_HEADDIMS).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "flashattn/status.h"
+
+namespace flashattn {
+namespace cuda {
+namespace fa2bwd {
+
+constexpr int kBlockM = 64;   // query rows per Q block (Br)
+constexpr int kBlockN = 64;   // key rows per CTA (Bc)
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Everything the kernels read; built once on the host (fa2_bwd.cu).
+struct KernelParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* o;
+  const void* dout;
+  void* dq;
+  void* dk;
+  void* dv;
+  const float* lse;  // [batch, heads_q, seqlen_q], natural log
+  float* delta;      // workspace [batch, heads_q, seqlen_q_pad]
+  float* dq_accum;   // workspace [batch, heads_q, seqlen_q_pad, head_dim_pad], fp32
+  int* dq_sem;       // workspace [split, batch, heads_q, num_m_blocks] (deterministic only)
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  int64_t batch, seqlen_q, seqlen_k, heads_q, heads_kv, group;
+  int64_t head_dim;      // real head dim (multiple of 8)
+  int64_t head_dim_pad;  // instantiated head dim (row length of dq_accum)
+  int64_t seqlen_q_pad;  // seqlen_q rounded up to kBlockM
+  int64_t num_m_blocks, num_n_blocks;
+  int64_t window_left, window_right;  // effective (causal folded in), -1 = unbounded
+
+  float scale;         // softmax scale
+  float scale_log2;    // scale * log2(e) (no softcap)
+  float softcap;       // 0 = off
+  float softcap_in;    // scale / softcap
+  float softcap_log2;  // softcap * log2(e)
+  bool deterministic;
+};
+
+template <typename T, int kD>
+Status launch(const KernelParams& p, cudaStream_t stream);
+
+}  // namespace fa2bwd
+}  // namespace cuda
+}  // namespace flashattn

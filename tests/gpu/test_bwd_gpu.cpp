@@ -1,0 +1,289 @@
+// FlashAttention-2 backward on the GPU (Kernel::kFA2) against the float64 oracle.
+//
+// O and LSE come from the CPU oracle (Kernel::kReference, rounded into the dtype),
+// so these tests don't depend on any GPU forward. Outputs are poisoned with NaN
+// before every call; inputs are fresh random normals.
+//
+// Tolerance: err(kernel) <= 2 * err(lowprec) + floor, where the floor is
+// tolerance_floor(dtype) * max(1, sqrt(max(seqlen_q, seqlen_k) / 64)). Why the
+// sqrt: each gradient element is a sum over up to max(seqlen) terms of products
+// rounded to 16 bits (P for dV, dS for dK/dQ), and the kernel rounds at other
+// points than the naive lowprec baseline (dS before the scale, fp32 sums in a
+// different order), so the two errors are independent and grow like sqrt(N).
+// At N = 1000 the bf16 floor is 7.9e-3, well below the O(0.1..1) errors of a
+// wrong mask row, a missing block or a dropped GQA head, which the tests catch.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "test_util.h"
+
+namespace flashattn {
+namespace testing {
+namespace {
+
+double bwd_floor(const Shape& s) {
+  const double n = static_cast<double>(std::max(s.seqlen_q, s.seqlen_k));
+  return tolerance_floor(s.dtype) * std::max(1.0, std::sqrt(n / 64.0));
+}
+
+// Fills o and lse of the host problem with the oracle's forward (rounded to the dtype).
+void host_forward(Problem& pb) {
+  FwdParams f = pb.params;
+  f.kernel = Kernel::kReference;
+  f.device = Device::kCPU;
+  Status st = forward(f);
+  ASSERT_TRUE(st.ok()) << st.message;
+}
+
+// Runs the GPU backward on a problem whose o/lse are filled; copies dq/dk/dv back.
+// Returns false (and skips) when this build has no kernel for the shape.
+bool run_gpu_backward(Problem& pb, bool deterministic, Status* status_out = nullptr) {
+  GpuProblem g(pb, /*with_backward=*/true);
+  EXPECT_TRUE(g.ok());
+  EXPECT_EQ(g.o.upload(pb.o.data(), pb.o.bytes.size()), cudaSuccess);
+  EXPECT_EQ(g.lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)), cudaSuccess);
+  BwdParams p = g.params;
+  p.kernel = Kernel::kFA2;
+  p.deterministic = deterministic;
+  Status st = backward(p);
+  if (status_out) *status_out = st;
+  if (st.code == StatusCode::kUnsupported) return false;
+  EXPECT_TRUE(st.ok()) << st.message;
+  EXPECT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
+  return st.ok();
+}
+
+void check_against_oracle(const Problem& pb, const std::string& what) {
+  const auto ref = cpu::reference_backward_f64(pb.params);
+  const auto low = lowprec_backward(pb.params);
+  const double floor = bwd_floor(pb.shape);
+  const double e_dq = max_abs_diff(ref.dq, pb.dq), e_dk = max_abs_diff(ref.dk, pb.dk),
+               e_dv = max_abs_diff(ref.dv, pb.dv);
+  const double l_dq = max_abs_diff(ref.dq, low.dq), l_dk = max_abs_diff(ref.dk, low.dk),
+               l_dv = max_abs_diff(ref.dv, low.dv);
+  EXPECT_LE(e_dq, 2 * l_dq + floor) << what << " dq (lowprec " << l_dq << ")";
+  EXPECT_LE(e_dk, 2 * l_dk + floor) << what << " dk (lowprec " << l_dk << ")";
+  EXPECT_LE(e_dv, 2 * l_dv + floor) << what << " dv (lowprec " << l_dv << ")";
+  // One line per case: how much margin the rule leaves (kernel err / bound).
+  printf("  %-60s dq %.2e/%.2e dk %.2e/%.2e dv %.2e/%.2e\n", what.c_str(), e_dq, 2 * l_dq + floor, e_dk,
+         2 * l_dk + floor, e_dv, 2 * l_dv + floor);
+}
+
+// The test grid: every (seqlen pair, head dim) combination once, with heads,
+// mask mode and dtype rotating through their values.
+struct Case {
+  Shape shape;
+  std::string label;
+};
+std::vector<Case> grid_cases() {
+  const std::pair<int64_t, int64_t> seqs[] = {{1, 1},    {7, 63},   {63, 7},     {65, 127},
+                                              {127, 65}, {257, 1000}, {1000, 257}};
+  const int64_t dims[] = {32, 40, 64, 80, 96, 128, 192, 256};
+  const std::pair<int64_t, int64_t> heads[] = {{4, 4}, {8, 2}, {8, 1}};
+  std::vector<Case> cases;
+  int idx = 0;
+  for (auto [sq, sk] : seqs)
+    for (int64_t d : dims) {
+      Shape s;
+      s.batch = (idx % 5 == 0) ? 2 : 1;
+      s.seqlen_q = sq;
+      s.seqlen_k = sk;
+      s.heads_q = heads[idx % 3].first;
+      s.heads_kv = heads[idx % 3].second;
+      s.head_dim = d;
+      s.dtype = (idx / 3) % 2 ? DType::kFloat16 : DType::kBFloat16;
+      const int mode = (idx + idx / 8) % 5;  // rotates independently of the head dim
+      if (mode == 1) s.causal = true;
+      if (mode == 2) s.window_left = 40, s.window_right = 7;
+      if (mode == 3) s.softcap = 2.0f;
+      if (mode == 4) s.causal = true, s.softcap = 5.0f;
+      // Long sequences with many heads cost seconds in the float64 oracle: fewer heads there.
+      if (sq * sk > 100000 && s.heads_q == 8 && s.heads_kv == 2) s.heads_q = 4, s.heads_kv = 1;
+      cases.push_back({s, s.name()});
+      ++idx;
+    }
+  return cases;
+}
+
+TEST(FA2Bwd, Grid) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  int ran = 0, skipped = 0;
+  uint64_t seed = 1;
+  for (const Case& c : grid_cases()) {
+    Problem pb(c.shape, seed++);
+    host_forward(pb);
+    Status st;
+    if (!run_gpu_backward(pb, /*deterministic=*/false, &st)) {
+      ASSERT_EQ(st.code, StatusCode::kUnsupported) << st.message;
+      ++skipped;
+      continue;
+    }
+    check_against_oracle(pb, c.label);
+    ++ran;
+  }
+  printf("FA2Bwd.Grid: %d cases ran, %d skipped (head dim not compiled)\n", ran, skipped);
+  EXPECT_GT(ran, 0);
+}
+
+// Rows with no visible key (causal with seqlen_q > seqlen_k, a window that
+// misses every key): LSE = -inf, dQ must be exactly 0, nothing NaN.
+TEST(FA2Bwd, FullyMaskedRows) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  for (int mode = 0; mode < 2; ++mode) {
+    Shape s;
+    s.batch = 2;
+    s.seqlen_q = 130;
+    s.seqlen_k = 70;
+    s.heads_q = 4;
+    s.heads_kv = 2;
+    s.head_dim = 64;
+    s.dtype = DType::kBFloat16;
+    if (mode == 0) s.causal = true;                         // rows 0..59 see nothing
+    if (mode == 1) s.window_left = 0, s.window_right = 0;  // row i sees key i - 60 only
+    Problem pb(s, 77 + mode);
+    host_forward(pb);
+    Status st;
+    if (!run_gpu_backward(pb, false, &st)) GTEST_SKIP() << st.message;
+    check_against_oracle(pb, s.name());
+    int64_t masked_rows = 0;
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads_q; ++h)
+        for (int64_t i = 0; i < s.seqlen_q; ++i) {
+          if (!std::isinf(pb.lse[(b * s.heads_q + h) * s.seqlen_q + i])) continue;
+          ++masked_rows;
+          for (int64_t d = 0; d < s.head_dim; ++d)
+            ASSERT_EQ(pb.dq.get(((b * s.seqlen_q + i) * s.heads_q + h) * s.head_dim + d), 0.0f);
+        }
+    EXPECT_GT(masked_rows, 0);
+  }
+}
+
+bool same_bytes(const HostTensor& a, const HostTensor& b) {
+  return a.bytes.size() == b.bytes.size() && std::memcmp(a.data(), b.data(), a.bytes.size()) == 0;
+}
+
+// deterministic = true: 10 runs give bit-identical dQ, dK, dV (and correct ones).
+TEST(FA2Bwd, Deterministic) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  for (bool causal : {false, true}) {
+    Shape s;
+    s.batch = 2;
+    s.seqlen_q = 1000;
+    s.seqlen_k = 777;
+    s.heads_q = 8;
+    s.heads_kv = 2;
+    s.head_dim = 128;
+    s.causal = causal;
+    s.dtype = DType::kBFloat16;
+    Problem pb(s, 4242);
+    host_forward(pb);
+    Status st;
+    if (!run_gpu_backward(pb, true, &st)) GTEST_SKIP() << st.message;
+    check_against_oracle(pb, s.name() + "_det");
+    HostTensor dq0 = pb.dq, dk0 = pb.dk, dv0 = pb.dv;
+    for (int run = 1; run < 10; ++run) {
+      ASSERT_TRUE(run_gpu_backward(pb, true));
+      EXPECT_TRUE(same_bytes(dq0, pb.dq)) << "dq differs in run " << run;
+      EXPECT_TRUE(same_bytes(dk0, pb.dk)) << "dk differs in run " << run;
+      EXPECT_TRUE(same_bytes(dv0, pb.dv)) << "dv differs in run " << run;
+    }
+  }
+}
+
+// Views: q, k, v (and dq, dk, dv) as slices of packed [b, s, 3, h, d] buffers,
+// with an extra 8-element gap per row, and a dout with a padded batch stride.
+TEST(FA2Bwd, Strided) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.batch = 2;
+  s.seqlen_q = s.seqlen_k = 150;
+  s.heads_q = s.heads_kv = 3;
+  s.head_dim = 64;
+  s.causal = true;
+  s.dtype = DType::kFloat16;
+  Problem pb(s, 555);
+  host_forward(pb);
+  const int64_t H = s.heads_q, D = s.head_dim, S = s.seqlen_q, B = s.batch;
+  const int64_t row = 3 * H * D + 8, bstride = S * row + 16;
+  const int64_t esz = dtype_size(s.dtype);
+  // Host packed buffers: slot 0 = q, 1 = k, 2 = v.
+  std::vector<uint8_t> qkv(static_cast<size_t>(B * bstride * esz), 0);
+  const HostTensor* src[3] = {&pb.q, &pb.k, &pb.v};
+  for (int t = 0; t < 3; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          std::memcpy(&qkv[(b * bstride + i * row + t * H * D + h * D) * esz],
+                      src[t]->bytes.data() + ((b * S + i) * H + h) * D * esz, D * esz);
+  const int64_t do_bstride = S * H * D + 64;
+  std::vector<uint8_t> dout(static_cast<size_t>(B * do_bstride * esz), 0);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(&dout[b * do_bstride * esz], pb.dout.bytes.data() + b * S * H * D * esz, S * H * D * esz);
+
+  DeviceBuffer d_qkv(qkv.size()), d_dqkv(qkv.size()), d_dout(dout.size()), d_o(pb.o.bytes.size()),
+      d_lse(pb.lse.size() * sizeof(float));
+  FA_TEST_CUDA(d_qkv.upload(qkv.data(), qkv.size()));
+  FA_TEST_CUDA(d_dout.upload(dout.data(), dout.size()));
+  FA_TEST_CUDA(d_o.upload(pb.o.data(), pb.o.bytes.size()));
+  FA_TEST_CUDA(d_lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)));
+  FA_TEST_CUDA(d_dqkv.poison());
+
+  BwdParams p = pb.params;
+  auto* base = static_cast<uint8_t*>(d_qkv.get());
+  auto* dbase = static_cast<uint8_t*>(d_dqkv.get());
+  p.q = base, p.k = base + H * D * esz, p.v = base + 2 * H * D * esz;
+  p.dq = dbase, p.dk = dbase + H * D * esz, p.dv = dbase + 2 * H * D * esz;
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = bstride;
+  p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = bstride;
+  p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
+  p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = row;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = D;
+  p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = D;
+  p.dout = d_dout.get();
+  p.dout_batch_stride = do_bstride;
+  p.o = d_o.get();
+  p.lse = d_lse.as<float>();
+  p.device = Device::kCUDA;
+  p.kernel = Kernel::kFA2;
+  Status st = backward(p);
+  if (st.code == StatusCode::kUnsupported) GTEST_SKIP() << st.message;
+  ASSERT_TRUE(st.ok()) << st.message;
+  FA_TEST_CUDA(cudaDeviceSynchronize());
+  std::vector<uint8_t> dqkv(qkv.size());
+  FA_TEST_CUDA(d_dqkv.download(dqkv.data(), dqkv.size()));
+  HostTensor* dst[3] = {&pb.dq, &pb.dk, &pb.dv};
+  for (int t = 0; t < 3; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          std::memcpy(dst[t]->bytes.data() + ((b * S + i) * H + h) * D * esz,
+                      &dqkv[(b * bstride + i * row + t * H * D + h * D) * esz], D * esz);
+  check_against_oracle(pb, s.name() + "_strided");
+  // The 8-element gaps between rows were never written (still the 0xff poison).
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t e = 3 * H * D; e < row; ++e)
+        ASSERT_EQ(dqkv[(b * bstride + i * row + e) * esz], 0xff) << "write past a row";
+}
+
+TEST(FA2Bwd, Float32IsUnsupported) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlen_q = s.seqlen_k = 16;
+  s.dtype = DType::kFloat32;
+  Problem pb(s, 3);
+  host_forward(pb);
+  Status st;
+  EXPECT_FALSE(run_gpu_backward(pb, false, &st));
+  EXPECT_EQ(st.code, StatusCode::kUnsupported);
+  EXPECT_NE(st.message.find("float32"), std::string::npos) << st.message;
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace flashattn
