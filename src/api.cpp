@@ -97,6 +97,12 @@ void set_contiguous_strides(BwdParams& p) {
   set_strides(p.seqlen_k, p.heads_kv, dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
 }
 
+namespace {
+bool uses_varlen_or_kvcache(const FwdParams& p) {
+  return p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table;
+}
+}  // namespace
+
 Status forward(const FwdParams& p) {
   Status st = validate(p);
   if (!st.ok()) return st;
@@ -106,6 +112,14 @@ Status forward(const FwdParams& p) {
 #endif
   }
   if (p.kernel == Kernel::kReference) return cpu::reference_forward(p);
+  // Varlen / KV-cache requests on the CPU run on the reference path (exact,
+  // slow); docs/07-inference.md. kCpuFlash does not read those fields yet.
+  if (uses_varlen_or_kvcache(p)) {
+    if (p.kernel == Kernel::kCpuFlash)
+      return Status::Unsupported("cpu_flash does not support cu_seqlens / seqused_k / block_table yet; "
+                                 "use kernel auto or reference (the reference path handles them)");
+    return cpu::reference_forward(p);
+  }
   return cpu::flash_forward(p);
 }
 
@@ -118,6 +132,12 @@ Status backward(const BwdParams& p) {
 #endif
   }
   if (p.kernel == Kernel::kReference) return cpu::reference_backward(p);
+  if (uses_varlen_or_kvcache(p)) {  // as in forward: the reference path
+    if (p.kernel == Kernel::kCpuFlash)
+      return Status::Unsupported("cpu_flash backward does not support cu_seqlens / seqused_k / block_table yet; "
+                                 "use kernel auto or reference");
+    return cpu::reference_backward(p);
+  }
   return cpu::flash_backward(p);
 }
 

@@ -110,6 +110,94 @@ Status check_cuda_compiled(Device device) {
   return Status::Ok();
 }
 
+// --- Variable-length batches and KV caches (docs/07-inference.md) ----------
+// The index arrays live in the memory of p.device. On the CPU every entry is
+// checked here. On CUDA they are device memory and reading them would cost a
+// synchronizing copy per call (decode calls are latency bound and get captured
+// in CUDA graphs), so, as in flash-attn, their contents are the caller's
+// contract there; the decode kernel clamps lengths to the capacity and skips
+// out-of-range pages, so a bad entry gives wrong numbers, never a wild access.
+Status check_varlen_kvcache(const FwdParams& p) {
+  if (p.num_splits < 0) return Status::Invalid(cat("num_splits must be >= 0 (got ", p.num_splits, ")"));
+  if (p.num_splits > 256) return Status::Invalid(cat("num_splits must be at most 256 (got ", p.num_splits, ")"));
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
+    return Status::Invalid("cu_seqlens_q and cu_seqlens_k must be set together for a variable-length batch "
+                           "(set both, or neither)");
+  const bool host = p.device == Device::kCPU;
+  if (p.block_table) {
+    if (p.page_size < 1) return Status::Invalid(cat("block_table is set but page_size is ", p.page_size, " (need >= 1)"));
+    if (p.num_pages < 1) return Status::Invalid(cat("block_table is set but num_pages is ", p.num_pages, " (need >= 1)"));
+    if (p.num_pages > kIndexLimit || p.page_size > kIndexLimit)
+      return Status::Invalid("num_pages and page_size must fit in int32");
+    const int64_t pages_per_seq = (p.seqlen_k + p.page_size - 1) / p.page_size;
+    if (p.batch > 1 && p.block_table_batch_stride < pages_per_seq)
+      return Status::Invalid(cat("block_table_batch_stride ", p.block_table_batch_stride, " < ceil(seqlen_k / page_size) = ",
+                                 pages_per_seq, ": each sequence's row of the block table needs one entry per page of "
+                                 "its capacity seqlen_k"));
+  } else if (p.page_size != 0 || p.num_pages != 0) {
+    return Status::Invalid("page_size / num_pages are set but block_table is null");
+  }
+  if (!host) return Status::Ok();
+
+  // Host: lengths of every sequence.
+  for (int64_t b = 0; b < p.batch; ++b) {
+    int64_t cap_k = p.seqlen_k;  // keys sequence b may hold (dense row, paged capacity)
+    if (p.cu_seqlens_q) {
+      const int64_t q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
+      const int64_t k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
+      if (b == 0 && (q0 < 0 || k0 < 0))
+        return Status::Invalid(cat("cu_seqlens_q[0] / cu_seqlens_k[0] must be >= 0 (got ", q0, ", ", k0, ")"));
+      if (q1 < q0)
+        return Status::Invalid(cat("cu_seqlens_q must be non-decreasing: cu_seqlens_q[", b, "] = ", q0,
+                                   " > cu_seqlens_q[", b + 1, "] = ", q1));
+      if (k1 < k0)
+        return Status::Invalid(cat("cu_seqlens_k must be non-decreasing: cu_seqlens_k[", b, "] = ", k0,
+                                   " > cu_seqlens_k[", b + 1, "] = ", k1));
+      if (q1 - q0 > p.seqlen_q)
+        return Status::Invalid(cat("sequence ", b, " has ", q1 - q0, " query rows but seqlen_q (the maximum) is ",
+                                   p.seqlen_q));
+      if (k1 - k0 > p.seqlen_k)
+        return Status::Invalid(cat("sequence ", b, " has ", k1 - k0, " keys but seqlen_k (the maximum) is ", p.seqlen_k));
+      if (!p.block_table) cap_k = k1 - k0;
+    }
+    int64_t len_k = cap_k;
+    if (p.block_table && p.cu_seqlens_k) len_k = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    if (p.seqused_k) {
+      len_k = p.seqused_k[b];
+      if (len_k < 0 || len_k > cap_k)
+        return Status::Invalid(cat("seqused_k[", b, "] = ", len_k, " is outside [0, ", cap_k,
+                                   "]: a sequence cannot use more keys than its cache holds"));
+    }
+    if (p.block_table) {
+      const int64_t used_pages = (len_k + p.page_size - 1) / p.page_size;
+      for (int64_t j = 0; j < used_pages; ++j) {
+        const int64_t page = p.block_table[b * p.block_table_batch_stride + j];
+        if (page < 0 || page >= p.num_pages)
+          return Status::Invalid(cat("block_table[", b, ", ", j, "] = ", page, " is out of range: pages are 0..",
+                                     p.num_pages - 1));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Rows of a q-like tensor (q, o, dout, dq): dense [batch, seqlen_q] or packed [total_q].
+Status check_q_like(const char* name, const FwdParams& p, int64_t dim, int64_t bs, int64_t rs, int64_t hs) {
+  if (!p.cu_seqlens_q) return check_tensor(name, p.batch, p.seqlen_q, p.heads_q, dim, bs, rs, hs, p.device, p.dtype);
+  // Packed: the batch stride is unused. total_q is known on the host only.
+  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_q[p.batch] : 1;
+  return check_tensor(name, 1, total > 0 ? total : 1, p.heads_q, dim, 0, rs, hs, p.device, p.dtype);
+}
+
+// Rows of a k-like tensor (k, v, dk, dv): dense [batch, seqlen_k], packed [total_k] or a page pool.
+Status check_k_like(const char* name, const FwdParams& p, int64_t dim, int64_t bs, int64_t rs, int64_t hs) {
+  if (p.block_table)
+    return check_tensor(name, p.num_pages, p.page_size, p.heads_kv, dim, bs, rs, hs, p.device, p.dtype);
+  if (!p.cu_seqlens_k) return check_tensor(name, p.batch, p.seqlen_k, p.heads_kv, dim, bs, rs, hs, p.device, p.dtype);
+  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_k[p.batch] : 1;
+  return check_tensor(name, 1, total > 0 ? total : 1, p.heads_kv, dim, 0, rs, hs, p.device, p.dtype);
+}
+
 Status validate_problem(const FwdParams& p) {
   FA_RETURN_IF_ERROR(check_device_and_kernel(p.device, p.kernel));
   // Before anything device-specific (alignment rules): a CUDA request to a CPU-only build.
@@ -145,12 +233,7 @@ Status validate_problem(const FwdParams& p) {
     return Status::Invalid(cat("window sizes must be >= -1 (-1 = unbounded); got (", p.window_left, ", ",
                                p.window_right, ")"));
 
-  // Varlen / KV-cache support lands kernel by kernel (issue 8); until a
-  // backend handles them they are refused here rather than ignored.
-  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
-    return Status::Unsupported("variable-length batches and KV caches (cu_seqlens_q/k, seqused_k, block_table) "
-                               "are not supported yet");
-  if (p.num_splits < 0) return Status::Invalid(cat("num_splits must be >= 0 (got ", p.num_splits, ")"));
+  FA_RETURN_IF_ERROR(check_varlen_kvcache(p));
 
   const int64_t align = required_alignment_bytes(p.device, p.dtype);
   const int64_t dv = p.head_dim_v ? p.head_dim_v : p.head_dim;
@@ -159,14 +242,10 @@ Status validate_problem(const FwdParams& p) {
   FA_RETURN_IF_ERROR(check_pointer("v", p.v, align));
   FA_RETURN_IF_ERROR(check_pointer("o", p.o, align));
   FA_RETURN_IF_ERROR(check_pointer("lse", p.lse, 4, /*required=*/false));
-  FA_RETURN_IF_ERROR(check_tensor("q", p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.q_batch_stride,
-                                  p.q_row_stride, p.q_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("k", p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.k_batch_stride,
-                                  p.k_row_stride, p.k_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("v", p.batch, p.seqlen_k, p.heads_kv, dv, p.v_batch_stride, p.v_row_stride,
-                                  p.v_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("o", p.batch, p.seqlen_q, p.heads_q, dv, p.o_batch_stride, p.o_row_stride,
-                                  p.o_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_q_like("q", p, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride));
+  FA_RETURN_IF_ERROR(check_k_like("k", p, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride));
+  FA_RETURN_IF_ERROR(check_k_like("v", p, dv, p.v_batch_stride, p.v_row_stride, p.v_head_stride));
+  FA_RETURN_IF_ERROR(check_q_like("o", p, dv, p.o_batch_stride, p.o_row_stride, p.o_head_stride));
   // Distinct output rows must not overlap, or threads would race on them.
   if (p.o_head_stride < dv && p.heads_q > 1)
     return Status::Invalid(cat("o head stride ", p.o_head_stride, " < head_dim ", dv, ": output rows overlap"));
@@ -187,14 +266,10 @@ Status validate(const BwdParams& p) {
   FA_RETURN_IF_ERROR(check_pointer("dq", p.dq, align));
   FA_RETURN_IF_ERROR(check_pointer("dk", p.dk, align));
   FA_RETURN_IF_ERROR(check_pointer("dv", p.dv, align));
-  FA_RETURN_IF_ERROR(check_tensor("dout", p.batch, p.seqlen_q, p.heads_q, dv, p.dout_batch_stride,
-                                  p.dout_row_stride, p.dout_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("dq", p.batch, p.seqlen_q, p.heads_q, p.head_dim, p.dq_batch_stride,
-                                  p.dq_row_stride, p.dq_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("dk", p.batch, p.seqlen_k, p.heads_kv, p.head_dim, p.dk_batch_stride,
-                                  p.dk_row_stride, p.dk_head_stride, p.device, p.dtype));
-  FA_RETURN_IF_ERROR(check_tensor("dv", p.batch, p.seqlen_k, p.heads_kv, dv, p.dv_batch_stride,
-                                  p.dv_row_stride, p.dv_head_stride, p.device, p.dtype));
+  FA_RETURN_IF_ERROR(check_q_like("dout", p, dv, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride));
+  FA_RETURN_IF_ERROR(check_q_like("dq", p, p.head_dim, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride));
+  FA_RETURN_IF_ERROR(check_k_like("dk", p, p.head_dim, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride));
+  FA_RETURN_IF_ERROR(check_k_like("dv", p, dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride));
   return Status::Ok();
 }
 

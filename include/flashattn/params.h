@@ -95,11 +95,21 @@ struct FwdParams {
   // [num_pages, page_size, heads_kv, dim] (k/v batch strides step over pages)
   // and key j of sequence b lives in page block_table[b * block_table_batch_stride + j / page_size],
   // row j % page_size. Any page_size >= 1.
+  // Lengths (docs/07-inference.md): sequence b has seqused_k[b] keys if set, else
+  // cu_seqlens_k[b+1] - cu_seqlens_k[b] if set, else seqlen_k. The capacity of a
+  // sequence is seqlen_k (dense or paged; a block-table row holds
+  // ceil(seqlen_k / page_size) entries, only those of used pages are read) or
+  // its cu_seqlens_k span (varlen, unpaged). With a block table, cu_seqlens_k
+  // only gives lengths (keys are found through the table, not at cu offsets).
+  // A sequence with 0 keys gets O = 0 and LSE = -inf. On the CPU every index is
+  // validated; on CUDA the index arrays' contents are the caller's contract.
   const int32_t* block_table = nullptr;
   int64_t block_table_batch_stride = 0;
   int64_t page_size = 0;
   int64_t num_pages = 0;
-  // Split-KV (flash-decoding): 0 = heuristic, 1 = no split, n = force n splits.
+  // Split-KV (flash-decoding): 0 = heuristic, 1 = no split, n = force n splits
+  // (at most 256). On CUDA a request that sets it (or seqused_k / block_table /
+  // cu_seqlens) with few query rows per kv head goes to the decode kernel.
   int num_splits = 0;
 
   // Where the pointers live and where to run. stream is a cudaStream_t (nullptr

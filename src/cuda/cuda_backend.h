@@ -3,6 +3,7 @@
 // what its kernels can't do (StatusCode::kUnsupported, with the reason).
 #pragma once
 
+#include "flashattn/kvcache.h"
 #include "flashattn/params.h"
 #include "flashattn/status.h"
 
@@ -22,6 +23,10 @@ Status fa2_forward(const FwdParams& p);      // fa2/ (sm80+ tensor cores)
 Status fa2_backward(const BwdParams& p);     // fa2/ backward
 Status hopper_forward(const FwdParams& p);   // sm90/ (sm90a)
 Status softmax_forward(const SoftmaxParams& p);  // softmax.cu
+// decode/: split-KV (flash-decoding) forward for KV-cache / varlen requests with
+// few query rows per kv head (docs/07-inference.md), and the KV-cache append.
+Status decode_forward(const FwdParams& p);
+Status append_kv(const KvAppendParams& p);
 
 // Does the current device support the Hopper rung (sm_90 and compiled for it)?
 bool hopper_available(int device_index);

@@ -86,6 +86,27 @@ Status forward(const FwdParams& p) {
   st = check_fwd_pointers(p, device);
   if (!st.ok()) return st;
   DeviceGuard guard(device);
+  // Varlen / KV cache / split-KV (docs/07-inference.md): only the decode kernel
+  // reads cu_seqlens, seqused_k and block_table, so such requests go there (kAuto)
+  // or are refused (a pinned rung). num_splits alone is a hint: a dense request
+  // the decode kernel can't take falls through to the dense rungs.
+  const bool kv_layout = p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table;
+  if (kv_layout || p.num_splits > 0) {
+    for (auto [name, ptr] : {std::pair<const char*, const void*>{"cu_seqlens_q", p.cu_seqlens_q},
+                             {"cu_seqlens_k", p.cu_seqlens_k}, {"seqused_k", p.seqused_k},
+                             {"block_table", p.block_table}}) {
+      st = check_device_pointer(name, ptr, device);
+      if (!st.ok()) return st;
+    }
+    if (kv_layout && p.kernel != Kernel::kAuto)
+      return Status::Unsupported(std::string("kernel ") + kernel_name(p.kernel) +
+                                 " does not read cu_seqlens / seqused_k / block_table; use kernel auto "
+                                 "(the split-KV decode kernel)");
+    if (p.kernel == Kernel::kAuto) {
+      st = decode_forward(p);
+      if (kv_layout || st.code != StatusCode::kUnsupported) return st;
+    }
+  }
   switch (p.kernel) {
     case Kernel::kNaive: return naive_forward(p);
     case Kernel::kFA1: return fa1_forward(p);
@@ -125,6 +146,9 @@ Status backward(const BwdParams& p) {
     if (!st.ok()) return st;
   }
   DeviceGuard guard(device);
+  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
+    return Status::Unsupported("no CUDA backward for varlen / KV-cache requests (cu_seqlens, seqused_k, "
+                               "block_table) yet; the CPU reference backward handles them");
   switch (p.kernel) {
     case Kernel::kAuto:
     case Kernel::kFA2:

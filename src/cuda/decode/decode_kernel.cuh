@@ -1,0 +1,477 @@
+// Split-KV decode (flash-decoding) kernels, docs/07-inference.md.
+//
+// Grid (splits, heads_kv * row_tiles, batch). One CTA owns one kv head of one
+// sequence and one slice ("split") of its keys. All query rows that read this
+// kv head -- the GQA group times seqlen_q, packed as row r = g * seqlen_q + i --
+// form one 16-row tile (more rows: several tiles), so every K/V byte is read
+// from HBM once per tile. The keys stream through a kStages-deep cp.async
+// pipeline of 16-byte loads (zero-filled past the end; paged caches look up
+// block_table per key row, any page_size). The 4 warps each take 16 of the 64
+// keys of a stage: S = Q K^T and O += P V run on mma.sync m16n8k16 with fp32
+// accumulators, the online softmax runs per warp in registers (base-2 units).
+// At the end the 4 warps' (m, l, O) are merged through shared memory with
+// equation (4) (flashattn::merge) and written either to O / LSE (one split) or,
+// as fp32 partial O and LSE, to a workspace that decode_combine_kernel merges,
+// again with equation (4).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "common/mask.h"
+#include "cuda/cuda_utils.cuh"
+#include "flashattn/online_softmax.h"
+
+namespace flashattn {
+namespace cuda {
+namespace decode {
+
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kWarps = kThreads / 32;
+constexpr int kBlockN = 64;    // keys per pipeline stage (16 per warp)
+constexpr int kTileRows = 16;  // query rows per tile (the mma M)
+constexpr int kMaxRowTiles = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Pipeline depth per head dim; shared by the host launcher and the kernel.
+template <int D> constexpr int stages() { return D <= 64 ? 4 : 3; }
+template <int D> constexpr int smem_bytes() {
+  return (kTileRows * D + 2 * stages<D>() * kBlockN * D) * 2;
+}
+
+struct DecodeArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;       // [batch, heads_q, seqlen_q] or null
+  float* o_part;    // [splits, batch, heads_q, seqlen_q, D] fp32 (splits > 1)
+  float* lse_part;  // [splits, batch, heads_q, seqlen_q] (splits > 1)
+  int64_t q_bs, q_rs, q_hs, k_bs, k_rs, k_hs, v_bs, v_rs, v_hs, o_bs, o_rs, o_hs;
+  const int32_t* cu_q;
+  const int32_t* cu_k;
+  const int32_t* seqused_k;
+  const int32_t* block_table;
+  int64_t bt_bs;
+  int page_size, num_pages;
+  int batch, heads_q, heads_kv, group, seqlen_q, seqlen_k, rows, row_tiles, splits;
+  float scale;       // softmax scale
+  float scale_log2;  // scale * log2(e)
+  float softcap;     // 0 = off
+  int window_left, window_right;  // -1 = unbounded; causal is window_right = 0
+};
+
+// Lengths of sequence b, clamped to what its buffers hold (so a bad index
+// array gives wrong numbers, never an out-of-bounds access).
+struct SeqInfo {
+  int len_q, len_k;
+};
+__device__ __forceinline__ SeqInfo seq_info(const DecodeArgs& a, int b) {
+  SeqInfo s;
+  s.len_q = a.cu_q ? a.cu_q[b + 1] - a.cu_q[b] : a.seqlen_q;
+  s.len_q = min(max(s.len_q, 0), a.seqlen_q);
+  int cap = a.seqlen_k;
+  if (a.cu_k && !a.block_table) cap = max(a.cu_k[b + 1] - a.cu_k[b], 0);
+  int len_k = a.cu_k ? a.cu_k[b + 1] - a.cu_k[b] : a.seqlen_k;
+  if (a.seqused_k) len_k = a.seqused_k[b];
+  s.len_k = min(max(len_k, 0), cap);
+  return s;
+}
+
+// ---- PTX helpers -----------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy global -> shared; src_bytes = 0 writes zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(smem)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(smem)));
+}
+// D = A B + D, m16n8k16, A row-major 16x16, B col-major 16x8, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <typename T> __device__ __forceinline__ uint32_t pack2(float x, float y);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float x, float y) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
+  __half2 v = __floats2half2_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Shared-memory tiles are [rows][D] of 16-bit elements in 16-byte chunks; chunk
+// c of row r is stored at chunk c ^ (r % 8), so the 8 rows an ldmatrix reads
+// hit 8 different bank groups (needs D >= 64).
+template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
+
+// ---- the split kernel --------------------------------------------------------
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs a) {
+  static_assert(D % 16 == 0 && D >= 64, "head dim must be a multiple of 16, at least 64");
+  constexpr int kStages = stages<D>();
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);            // [16][D]
+  T* sK = sQ + kTileRows * D;                        // [kStages][kBlockN][D]
+  T* sV = sK + kStages * kBlockN * D;                // [kStages][kBlockN][D]
+
+  const int split = blockIdx.x;
+  const int hkv = blockIdx.y / a.row_tiles;
+  const int tile = blockIdx.y % a.row_tiles;
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const SeqInfo seq = seq_info(a, b);
+  const Mask mask{seq.len_q, seq.len_k, a.window_left, a.window_right};
+
+  // Keys any row of this tile may see: [kb, ke). Rows are monotone in i, so a scan is cheap.
+  int kb = seq.len_k, ke = 0;
+  for (int r = tile * kTileRows; r < min(a.rows, (tile + 1) * kTileRows); ++r) {
+    const int i = r % a.seqlen_q;
+    if (i >= seq.len_q) continue;
+    kb = min(kb, static_cast<int>(mask.key_begin(i)));
+    ke = max(ke, static_cast<int>(mask.key_end(i)));
+  }
+  kb = max(kb, 0);
+  ke = min(ke, seq.len_k);
+  // This split's key blocks: an even share of the tile's blocks (maybe none).
+  const int n_total = ke > kb ? (ke - kb + kBlockN - 1) / kBlockN : 0;
+  const int blk_begin = static_cast<int>(static_cast<int64_t>(n_total) * split / a.splits);
+  const int blk_end = static_cast<int>(static_cast<int64_t>(n_total) * (split + 1) / a.splits);
+  const int n_blocks = blk_end - blk_begin;
+  const int key_lo = kb + blk_begin * kBlockN;
+  const int key_hi = min(ke, kb + blk_end * kBlockN);
+
+  // Element offset of query row r of this tile (-1 when the row does not exist).
+  auto q_row_offset = [&](int r, int64_t bs, int64_t rs, int64_t hs) -> int64_t {
+    if (r >= a.rows) return -1;
+    const int g = r / a.seqlen_q, i = r % a.seqlen_q;
+    if (i >= seq.len_q) return -1;
+    const int64_t h = static_cast<int64_t>(hkv) * a.group + g;
+    const int64_t row = a.cu_q ? static_cast<int64_t>(a.cu_q[b]) + i : i;
+    return (a.cu_q ? 0 : static_cast<int64_t>(b) * bs) + row * rs + h * hs;
+  };
+
+  // Q tile -> shared memory (zeros for missing rows).
+  const T* q = static_cast<const T*>(a.q);
+  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int64_t off = q_row_offset(tile * kTileRows + r, a.q_bs, a.q_rs, a.q_hs);
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (off >= 0) val = *reinterpret_cast<const uint4*>(q + off + c * 8);
+    *reinterpret_cast<uint4*>(sQ + swz<D>(r, c)) = val;
+  }
+
+  // Issue the cp.asyncs of key block n of this split into stage n % kStages.
+  const T* kbase = static_cast<const T*>(a.k) + static_cast<int64_t>(hkv) * a.k_hs;
+  const T* vbase = static_cast<const T*>(a.v) + static_cast<int64_t>(hkv) * a.v_hs;
+  const int64_t dense_k = a.cu_k ? static_cast<int64_t>(a.cu_k[b]) : 0;  // first packed row (varlen)
+  const int32_t* bt = a.block_table ? a.block_table + static_cast<int64_t>(b) * a.bt_bs : nullptr;
+  auto load_block = [&](int n) {
+    const int stage = n % kStages;
+    T* dk = sK + stage * kBlockN * D;
+    T* dv = sV + stage * kBlockN * D;
+    const int key0 = key_lo + n * kBlockN;
+    const int c = tid % kChunks;
+#pragma unroll
+    for (int r = tid / kChunks; r < kBlockN; r += kThreads / kChunks) {
+      const int j = key0 + r;
+      bool ok = j < key_hi;
+      int64_t ko = 0, vo = 0;
+      if (ok) {
+        if (bt) {
+          const int page = bt[j / a.page_size];
+          const int slot = j % a.page_size;
+          ok = page >= 0 && page < a.num_pages;
+          ko = static_cast<int64_t>(page) * a.k_bs + static_cast<int64_t>(slot) * a.k_rs;
+          vo = static_cast<int64_t>(page) * a.v_bs + static_cast<int64_t>(slot) * a.v_rs;
+        } else if (a.cu_k) {
+          ko = (dense_k + j) * a.k_rs;
+          vo = (dense_k + j) * a.v_rs;
+        } else {
+          ko = static_cast<int64_t>(b) * a.k_bs + static_cast<int64_t>(j) * a.k_rs;
+          vo = static_cast<int64_t>(b) * a.v_bs + static_cast<int64_t>(j) * a.v_rs;
+        }
+      }
+      cp_async16(dk + swz<D>(r, c), ok ? kbase + ko + c * 8 : kbase, ok ? 16 : 0);
+      cp_async16(dv + swz<D>(r, c), ok ? vbase + vo + c * 8 : vbase, ok ? 16 : 0);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_blocks) load_block(s);
+    cp_async_commit();
+  }
+  __syncthreads();  // sQ written
+
+  // Q fragments (A operand) for all D/16 k-steps, kept in registers.
+  uint32_t qa[D / 16][4];
+  {
+    const int mi = lane >> 3;
+    const int row = (mi & 1) * 8 + (lane & 7);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + swz<D>(row, kk * 2 + (mi >> 1)));
+  }
+
+  // Per-thread rows of the accumulator: lane/4 and lane/4 + 8. Their visible key range.
+  int row_kb[2], row_ke[2];
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = tile * kTileRows + (lane >> 2) + hr * 8;
+    const int i = r % a.seqlen_q;
+    const bool real = r < a.rows && i < seq.len_q;
+    row_kb[hr] = real ? static_cast<int>(mask.key_begin(i)) : 0;
+    row_ke[hr] = real ? static_cast<int>(mask.key_end(i)) : seq.len_k;
+  }
+  const bool has_mask = mask.has_mask();
+
+  float o_acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o_acc[n][e] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // base-2 units
+  float l_run[2] = {0.0f, 0.0f};            // per-thread partial sums
+
+  for (int n = 0; n < n_blocks; ++n) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // block n landed for everyone; stage (n-1) % kStages is free
+    if (n + kStages - 1 < n_blocks) load_block(n + kStages - 1);
+    cp_async_commit();
+
+    const int stage = n % kStages;
+    const T* tk = sK + stage * kBlockN * D;
+    const T* tv = sV + stage * kBlockN * D;
+    const int mi = lane >> 3;
+
+    // S = Q K^T for this warp's 16 keys: two n8 tiles.
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t bk[4];
+      ldmatrix_x4(bk, tk + swz<D>(warp * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1)));
+      mma16816<T>(s[0], qa[kk], bk[0], bk[1]);
+      mma16816<T>(s[1], qa[kk], bk[2], bk[3]);
+    }
+
+    // Scale / soft-cap into base-2 units, mask, online softmax per row.
+    const int key_base = key_lo + n * kBlockN + warp * 16 + 2 * (lane & 3);
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = s[nt][hr * 2 + e];
+          x = a.softcap > 0.0f ? a.softcap * tanhf(x * a.scale / a.softcap) * kLog2e : x * a.scale_log2;
+          const int j = key_base + nt * 8 + e;
+          const bool vis = j < key_hi && (!has_mask || (j >= row_kb[hr] && j < row_ke[hr]));
+          x = vis ? x : -INFINITY;
+          s[nt][hr * 2 + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[hr], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float corr = exp2f(m_run[hr] - m_use);  // 0 when m_run was -inf
+      m_run[hr] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pval = exp2f(s[nt][hr * 2 + e] - m_use);
+          s[nt][hr * 2 + e] = pval;
+          sum += pval;
+        }
+      l_run[hr] = l_run[hr] * corr + sum;
+#pragma unroll
+      for (int d = 0; d < D / 8; ++d) {
+        o_acc[d][hr * 2] *= corr;
+        o_acc[d][hr * 2 + 1] *= corr;
+      }
+    }
+
+    // O += P V: P (16 x 16 keys) straight from the S accumulators as the A operand.
+    uint32_t pa[4];
+    pa[0] = pack2<T>(s[0][0], s[0][1]);
+    pa[1] = pack2<T>(s[0][2], s[0][3]);
+    pa[2] = pack2<T>(s[1][0], s[1][1]);
+    pa[3] = pack2<T>(s[1][2], s[1][3]);
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt) {
+      uint32_t bv[4];
+      ldmatrix_x4_trans(bv, tv + swz<D>(warp * 16 + (mi & 1) * 8 + (lane & 7), dt * 2 + (mi >> 1)));
+      mma16816<T>(o_acc[2 * dt], pa, bv[0], bv[1]);
+      mma16816<T>(o_acc[2 * dt + 1], pa, bv[2], bv[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stage buffers become the merge area
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // let the combine kernel start launching
+#endif
+
+  // Merge the 4 warps' states: sO [warps][16][D] fp32, sM/sL [warps][16] (natural-log max, sum).
+  float* sO = reinterpret_cast<float*>(sK);
+  float* sM = sO + kWarps * kTileRows * D;
+  float* sL = sM + kWarps * kTileRows;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float l = l_run[hr];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = (lane >> 2) + hr * 8;
+    if ((lane & 3) == 0) {
+      sM[warp * kTileRows + row] = m_run[hr] == -INFINITY ? -INFINITY : m_run[hr] * kLn2;
+      sL[warp * kTileRows + row] = l;
+    }
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d)
+      *reinterpret_cast<float2*>(&sO[(warp * kTileRows + row) * D + d * 8 + 2 * (lane & 3)]) =
+          make_float2(o_acc[d][hr * 2], o_acc[d][hr * 2 + 1]);
+  }
+  __syncthreads();
+
+  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int rg = tile * kTileRows + r;
+    if (rg >= a.rows) continue;
+    const int g = rg / a.seqlen_q, i = rg % a.seqlen_q;
+    const int h = hkv * a.group + g;
+    const int64_t lse_idx = (static_cast<int64_t>(b) * a.heads_q + h) * a.seqlen_q + i;
+    if (i >= seq.len_q) {  // a row past this sequence's end: LSE -inf, no O row
+      if (c == 0) {
+        if (a.splits == 1 && a.lse) a.lse[lse_idx] = -INFINITY;
+      }
+      continue;
+    }
+    SoftmaxStats st;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) st = merge(st, SoftmaxStats{sM[w * kTileRows + r], sL[w * kTileRows + r]});
+    float out[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (st.sum > 0.0f) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = rescale_factor(sM[w * kTileRows + r], st.max) / st.sum;
+        const float* src = &sO[(w * kTileRows + r) * D + c * 8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] += f * src[e];
+      }
+    }
+    const float row_lse = log_sum_exp(st);
+    if (a.splits == 1) {
+      const int64_t off = q_row_offset(rg, a.o_bs, a.o_rs, a.o_hs);
+      uint4 packed;
+      uint32_t* pw = reinterpret_cast<uint32_t*>(&packed);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pw[e] = pack2<T>(out[2 * e], out[2 * e + 1]);
+      *reinterpret_cast<uint4*>(static_cast<T*>(a.o) + off + c * 8) = packed;
+      if (c == 0 && a.lse) a.lse[lse_idx] = row_lse;
+    } else {
+      const int64_t part = static_cast<int64_t>(split) * a.batch * a.heads_q * a.seqlen_q + lse_idx;
+      float4* dst = reinterpret_cast<float4*>(a.o_part + part * D + c * 8);
+      dst[0] = make_float4(out[0], out[1], out[2], out[3]);
+      dst[1] = make_float4(out[4], out[5], out[6], out[7]);
+      if (c == 0) a.lse_part[part] = row_lse;
+    }
+  }
+}
+
+// ---- the combine kernel: one warp per output row -----------------------------
+// Merges the splits' (LSE_s, O_s) with equation (4), taking each split as the
+// statistics (m, l) = (LSE_s, 1):  LSE = log sum_s exp(LSE_s),
+// O = sum_s exp(LSE_s - LSE) O_s. Empty splits (LSE_s = -inf) weigh 0.
+template <typename T, int D>
+__global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the split kernel's writes are visible
+#endif
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  const int64_t n_rows = static_cast<int64_t>(a.batch) * a.heads_q * a.seqlen_q;
+  if (row >= n_rows) return;
+  const int i = static_cast<int>(row % a.seqlen_q);
+  const int h = static_cast<int>((row / a.seqlen_q) % a.heads_q);
+  const int b = static_cast<int>(row / (static_cast<int64_t>(a.seqlen_q) * a.heads_q));
+  const SeqInfo seq = seq_info(a, b);
+  if (i >= seq.len_q) {
+    if (lane == 0 && a.lse) a.lse[row] = -INFINITY;
+    return;
+  }
+  const int64_t split_stride = n_rows;
+  SoftmaxStats st;
+  for (int s = lane; s < a.splits; s += 32) {
+    const float l = a.lse_part[s * split_stride + row];
+    st = merge(st, SoftmaxStats{l, l == -INFINITY ? 0.0f : 1.0f});
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    SoftmaxStats other;
+    other.max = __shfl_xor_sync(0xffffffffu, st.max, off);
+    other.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
+    st = merge(st, other);
+  }
+  const int64_t oo = a.cu_q ? (static_cast<int64_t>(a.cu_q[b]) + i) * a.o_rs
+                            : static_cast<int64_t>(b) * a.o_bs + static_cast<int64_t>(i) * a.o_rs;
+  T* o = static_cast<T*>(a.o) + oo + static_cast<int64_t>(h) * a.o_hs;
+  for (int d = lane * 4; d < D; d += 128) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (st.sum > 0.0f)
+      for (int s = 0; s < a.splits; ++s) {
+        const float f = rescale_factor(a.lse_part[s * split_stride + row], st.max) / st.sum;
+        if (f == 0.0f) continue;
+        const float4 x = *reinterpret_cast<const float4*>(a.o_part + (s * split_stride + row) * D + d);
+        acc.x += f * x.x;
+        acc.y += f * x.y;
+        acc.z += f * x.z;
+        acc.w += f * x.w;
+      }
+    uint2 packed;
+    packed.x = pack2<T>(acc.x, acc.y);
+    packed.y = pack2<T>(acc.z, acc.w);
+    *reinterpret_cast<uint2*>(o + d) = packed;
+  }
+  if (lane == 0 && a.lse) a.lse[row] = log_sum_exp(st);
+}
+
+}  // namespace decode
+}  // namespace cuda
+}  // namespace flashattn

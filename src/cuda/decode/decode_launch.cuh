@@ -1,0 +1,128 @@
+// Host side of the decode kernels for one head dim: split heuristic, workspace,
+// launches. Instantiated once per head dim (decode_hdimNNN.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "common/mask.h"
+#include "cuda/decode/decode_kernel.cuh"
+
+namespace flashattn {
+namespace cuda {
+namespace decode {
+
+// Number of splits. num_splits > 0 forces it. Otherwise, when the (batch, kv
+// head, row tile) CTAs alone would leave SMs idle, split each sequence's keys so
+// that about one full wave of CTAs runs, keeping at least 4 key blocks (256
+// keys) per split so the pipeline prologue and the combine stay cheap.
+inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, int ctas_per_sm) {
+  if (forced > 0) return forced;
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(ctas_per_sm, 1);
+  if (ctas >= slots * 8 / 10) return 1;
+  const int64_t key_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
+  int64_t splits = (slots + ctas - 1) / ctas;
+  splits = std::min<int64_t>(splits, std::max<int64_t>(key_blocks / 4, 1));
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(splits, 1), 128));
+}
+
+template <typename T, int D>
+Status run_decode_typed(const FwdParams& p) {
+  const cudaStream_t stream = as_stream(p.stream);
+  const Mask mask = make_mask(p);
+  DecodeArgs a{};
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.o = p.o;
+  a.lse = p.lse;
+  a.q_bs = p.q_batch_stride; a.q_rs = p.q_row_stride; a.q_hs = p.q_head_stride;
+  a.k_bs = p.k_batch_stride; a.k_rs = p.k_row_stride; a.k_hs = p.k_head_stride;
+  a.v_bs = p.v_batch_stride; a.v_rs = p.v_row_stride; a.v_hs = p.v_head_stride;
+  a.o_bs = p.o_batch_stride; a.o_rs = p.o_row_stride; a.o_hs = p.o_head_stride;
+  a.cu_q = p.cu_seqlens_q;
+  a.cu_k = p.cu_seqlens_k;
+  a.seqused_k = p.seqused_k;
+  a.block_table = p.block_table;
+  a.bt_bs = p.block_table_batch_stride;
+  a.page_size = static_cast<int>(p.page_size);
+  a.num_pages = static_cast<int>(p.num_pages);
+  a.batch = static_cast<int>(p.batch);
+  a.heads_q = static_cast<int>(p.heads_q);
+  a.heads_kv = static_cast<int>(p.heads_kv);
+  a.group = static_cast<int>(p.heads_q / p.heads_kv);
+  a.seqlen_q = static_cast<int>(p.seqlen_q);
+  a.seqlen_k = static_cast<int>(p.seqlen_k);
+  a.rows = a.group * a.seqlen_q;
+  a.row_tiles = (a.rows + kTileRows - 1) / kTileRows;
+  a.scale = effective_scale(p);
+  a.scale_log2 = a.scale * kLog2e;
+  a.softcap = p.softcap;
+  a.window_left = static_cast<int>(std::min<int64_t>(mask.window_left, 1 << 30));
+  a.window_right = static_cast<int>(std::min<int64_t>(mask.window_right, 1 << 30));
+
+  constexpr int kSmem = smem_bytes<D>();
+  auto split_kernel = decode_split_kernel<T, D>;
+  auto combine_kernel = decode_combine_kernel<T, D>;
+  static bool attr_set = false;  // per instantiation; setting it twice is harmless
+  if (!attr_set) {
+    FA_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    attr_set = true;
+  }
+  int device = 0, sms = 0, per_sm = 0;
+  FA_CUDA_CHECK(cudaGetDevice(&device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kernel, kThreads, kSmem));
+  const int64_t ctas = p.batch * p.heads_kv * a.row_tiles;
+  a.splits = choose_splits(p.num_splits, ctas, p.seqlen_k, sms, per_sm);
+
+  void* workspace = nullptr;
+  if (a.splits > 1) {
+    const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+    const size_t bytes = static_cast<size_t>(a.splits) * rows * (D + 1) * sizeof(float);
+    FA_CUDA_CHECK(cudaMallocAsync(&workspace, bytes, stream));
+    a.o_part = static_cast<float*>(workspace);
+    a.lse_part = a.o_part + static_cast<int64_t>(a.splits) * rows * D;
+  }
+  const dim3 grid(a.splits, static_cast<unsigned>(p.heads_kv * a.row_tiles), static_cast<unsigned>(p.batch));
+  split_kernel<<<grid, kThreads, kSmem, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess && a.splits > 1) {
+    const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+    // Programmatic dependent launch: the combine grid is set up while the split
+    // kernel drains (griddepcontrol.wait in the kernel orders the memory).
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>((rows + 7) / 8));
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    err = cudaLaunchKernelEx(&cfg, combine_kernel, a);
+    if (err != cudaSuccess) {  // no PDL here: a plain launch (stream order suffices)
+      cudaGetLastError();
+      combine_kernel<<<cfg.gridDim, cfg.blockDim, 0, stream>>>(a);
+      err = cudaGetLastError();
+    }
+  }
+  if (workspace) {
+    cudaError_t ferr = cudaFreeAsync(workspace, stream);
+    if (err == cudaSuccess) err = ferr;
+  }
+  return cuda_status(err, "decode kernels");
+}
+
+template <int D>
+Status run_decode(const FwdParams& p) {
+  if (p.dtype == DType::kBFloat16) return run_decode_typed<__nv_bfloat16, D>(p);
+  return run_decode_typed<__half, D>(p);
+}
+
+}  // namespace decode
+}  // namespace cuda
+}  // namespace flashattn
