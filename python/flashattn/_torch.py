@@ -1,0 +1,167 @@
+"""torch integration: a fast eager path, a torch.autograd.Function for
+.backward(), and the flashattn::fwd / flashattn::bwd custom ops (with fake
+kernels and a registered autograd formula) that torch.compile(fullgraph=True)
+traces without graph breaks.
+
+Tensors still reach C++ through DLPack (torch._C._to_dlpack capsules, the
+cheapest exporter); no libtorch symbol is linked.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from . import _C, _ops
+
+try:
+    _dlpack = torch._C._to_dlpack
+except AttributeError:  # pragma: no cover - older torch
+    from torch.utils.dlpack import to_dlpack as _dlpack
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(t: torch.Tensor) -> int:
+    """The caller's current CUDA stream on t's device (0 for CPU tensors)."""
+    if t.device.type != "cuda":
+        return 0
+    if _raw_stream is not None:
+        return _raw_stream(t.device.index)
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _check(q, k, v):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have 4 dimensions [batch, seqlen, heads, head_dim], "
+                             f"got shape {list(x.shape)}")
+
+
+def _out_shapes(q, v):
+    b, sq, hq, _ = q.shape
+    return (b, sq, hq, v.shape[3]), (b, hq, sq)
+
+
+def _fwd_impl(q, k, v, softmax_scale, causal, window_left, window_right, softcap, kernel, need_lse):
+    o_shape, lse_shape = _out_shapes(q, v)
+    out = torch.empty(o_shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device) if need_lse else None
+    _C.fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse),
+           softmax_scale, causal, window_left, window_right, softcap, kernel, _stream(q), 0, -1)
+    return out, lse
+
+
+def _usable_grad(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Autograd may hand us expanded (stride-0) or odd-strided gradients; the
+    kernels need the last dim contiguous and 16-byte aligned rows."""
+    if dout is None:
+        return torch.zeros_like(out)
+    if dout.stride(-1) != 1 or any(s % 8 for s in dout.stride()[:-1]) or dout.data_ptr() % 16:
+        dout = dout.contiguous()
+    return dout
+
+
+def _bwd_impl(dout, q, k, v, out, lse, softmax_scale, causal, window_left, window_right, softcap, deterministic,
+              kernel):
+    dout = _usable_grad(dout, out)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _C.bwd(_dlpack(dout), _dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), _dlpack(lse), _dlpack(dq), _dlpack(dk),
+           _dlpack(dv), softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel, _stream(q),
+           0, -1)
+    return dq, dk, dv
+
+
+# --- eager autograd ------------------------------------------------------------
+class FlashAttnFunction(torch.autograd.Function):
+    """out, lse = FlashAttnFunction.apply(q, k, v, scale, causal, wl, wr, softcap, deterministic, kernel).
+    Saves q, k, v, out and lse; the backward is flashattn's (recomputes P from lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel):
+        out, lse = _fwd_impl(q, k, v, softmax_scale, causal, window_left, window_right, softcap, kernel, True)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _bwd_impl(dout, q, k, v, out, lse, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+# --- custom ops for torch.compile ---------------------------------------------
+@torch.library.custom_op("flashattn::fwd", mutates_args=())
+def fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+           window_left: int, window_right: int, softcap: float, deterministic: bool,
+           kernel: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k, v, softmax_scale, causal, window_left, window_right, softcap, kernel, True)
+
+
+@fwd_op.register_fake
+def _fwd_fake(q, k, v, softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel):
+    o_shape, lse_shape = _out_shapes(q, v)
+    return q.new_empty(o_shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("flashattn::bwd", mutates_args=())
+def bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+           lse: torch.Tensor, softmax_scale: float, causal: bool, window_left: int, window_right: int,
+           softcap: float, deterministic: bool, kernel: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dout, q, k, v, out, lse, softmax_scale, causal, window_left, window_right, softcap,
+                     deterministic, kernel)
+
+
+@bwd_op.register_fake
+def _bwd_fake(dout, q, k, v, out, lse, *args):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = bwd_op(dout, q, k, v, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _needs_grad(q, k, v) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
+def flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, return_lse, kernel):
+    _check(q, k, v)
+    window_left, window_right = _ops.window_pair(window_size)
+    args = (0.0 if softmax_scale is None else float(softmax_scale), bool(causal), window_left, window_right,
+            float(softcap), bool(deterministic), _ops.kernel_id(kernel))
+    if torch.compiler.is_compiling():
+        out, lse = fwd_op(q, k, v, *args)
+    elif _needs_grad(q, k, v):
+        out, lse = FlashAttnFunction.apply(q, k, v, *args)
+    else:
+        scale, causal_, wl, wr, cap, _det, kid = args
+        out, lse = _fwd_impl(q, k, v, scale, causal_, wl, wr, cap, kid, return_lse)
+    return (out, lse) if return_lse else out
+
+
+def softmax(x, dim, variant):
+    _ops.check_softmax_dim(x, dim)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.softmax(_dlpack(x.detach()), _dlpack(y), _ops.variant_id(variant), _stream(x), 0, -1)
+    return y

@@ -1,0 +1,401 @@
+// flashattn._C: the nanobind binding of the C++ API (include/flashattn/flashattn.h).
+//
+// Tensors arrive through DLPack (nb::ndarray): torch, numpy, CuPy, JAX, ... on
+// the CPU or CUDA, no libtorch involved. This layer only *describes* them in a
+// params struct (pointers, element strides, shapes) and turns a non-ok Status
+// into a Python exception; every check that the C++ API does itself
+// (flashattn::validate) is left to it, so Python and C++ users get the same
+// messages. Outputs are allocated by the Python side with the caller's array
+// library and passed in, so nothing here owns memory.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "flashattn/flashattn.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace flashattn {
+namespace python {
+
+// C++ twins of the Python exception classes registered in NB_MODULE below.
+struct UnsupportedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct NotCompiledError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// StatusCode -> Python exception type:
+//   kInvalidArgument -> ValueError        kUnsupported -> flashattn.UnsupportedError (a ValueError)
+//   kNotCompiled -> flashattn.NotCompiledError (a RuntimeError)
+//   kCudaError -> flashattn.CudaError (a RuntimeError)      kInternal -> RuntimeError
+void raise_if_error(const Status& st) {
+  if (st.ok()) return;
+  const std::string msg = st.message;
+  switch (st.code) {
+    case StatusCode::kOk: return;
+    case StatusCode::kInvalidArgument: throw nb::value_error(msg.c_str());
+    case StatusCode::kUnsupported: throw UnsupportedError(msg);
+    case StatusCode::kNotCompiled: throw NotCompiledError(msg);
+    case StatusCode::kCudaError: throw CudaError(msg);
+    case StatusCode::kInternal: throw std::runtime_error("flashattn internal error: " + msg);
+  }
+  throw std::runtime_error(msg);
+}
+
+using InArray = nb::ndarray<nb::ro>;  // any dtype/shape/device; read-only view is enough
+using OutArray = nb::ndarray<>;
+
+// DLPack device types (dlpack.h): kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13.
+constexpr int kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13;
+
+// What we need to know about one array.
+struct Desc {
+  const char* name = "";
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  Device device = Device::kCPU;
+  int device_id = 0;
+  int64_t ndim = 0;
+  int64_t shape[8] = {};
+  int64_t stride[8] = {};
+};
+
+std::string shape_str(const Desc& d) {
+  std::string s = "[";
+  for (int64_t i = 0; i < d.ndim; ++i) s += (i ? ", " : "") + std::to_string(d.shape[i]);
+  return s + "]";
+}
+
+// dtype_override: -1 = read the DLPack dtype; otherwise a DType value that
+// reinterprets a 16-bit container (numpy has no DLPack bfloat16: the Python side
+// passes ml_dtypes.bfloat16 arrays as uint16 views).
+template <typename Array>
+Desc describe(const char* name, const Array& a, int dtype_override = -1) {
+  Desc d;
+  d.name = name;
+  d.data = const_cast<void*>(static_cast<const void*>(a.data()));
+  d.ndim = static_cast<int64_t>(a.ndim());
+  if (d.ndim > 8) throw nb::value_error((std::string(name) + " has " + std::to_string(d.ndim) + " dimensions").c_str());
+  for (int64_t i = 0; i < d.ndim; ++i) {
+    d.shape[i] = static_cast<int64_t>(a.shape(i));
+    d.stride[i] = a.stride(i);
+  }
+  const nb::dlpack::dtype t = a.dtype();
+  const auto code = static_cast<nb::dlpack::dtype_code>(t.code);
+  if (dtype_override >= 0 && code == nb::dlpack::dtype_code::UInt && t.bits == 16 && t.lanes == 1) {
+    d.dtype = static_cast<DType>(dtype_override);
+  } else if (code == nb::dlpack::dtype_code::Float && t.bits == 32 && t.lanes == 1) {
+    d.dtype = DType::kFloat32;
+  } else if (code == nb::dlpack::dtype_code::Float && t.bits == 16 && t.lanes == 1) {
+    d.dtype = DType::kFloat16;
+  } else if (code == nb::dlpack::dtype_code::Bfloat && t.bits == 16 && t.lanes == 1) {
+    d.dtype = DType::kBFloat16;
+  } else {
+    throw nb::type_error((std::string(name) + " has an unsupported dtype (DLPack code " + std::to_string(t.code) +
+                          ", " + std::to_string(t.bits) + " bits); flashattn takes float32, float16 or bfloat16")
+                             .c_str());
+  }
+  switch (a.device_type()) {
+    case kDLCPU:
+    case kDLCUDAHost:
+      d.device = Device::kCPU;
+      break;
+    case kDLCUDA:
+    case kDLCUDAManaged:
+      d.device = Device::kCUDA;
+      break;
+    default:
+      throw nb::value_error((std::string(name) + " lives on DLPack device type " + std::to_string(a.device_type()) +
+                             "; flashattn runs on the CPU or on CUDA")
+                                .c_str());
+  }
+  d.device_id = d.device == Device::kCUDA ? a.device_id() : 0;
+  return d;
+}
+
+void expect_rank(const Desc& d, int64_t rank, const char* layout) {
+  if (d.ndim != rank)
+    throw nb::value_error((std::string(d.name) + " must have " + std::to_string(rank) + " dimensions " + layout +
+                           ", got shape " + shape_str(d))
+                              .c_str());
+}
+
+// The C++ params take any batch/row/head strides but need the last dimension contiguous.
+void expect_last_contiguous(const Desc& d) {
+  if (d.ndim > 0 && d.shape[d.ndim - 1] > 1 && d.stride[d.ndim - 1] != 1)
+    throw nb::value_error((std::string(d.name) + ": the last dimension must be contiguous (stride 1), got stride " +
+                           std::to_string(d.stride[d.ndim - 1]) + " for shape " + shape_str(d) +
+                           "; make it contiguous first (e.g. .contiguous() / numpy.ascontiguousarray)")
+                              .c_str());
+}
+
+void expect_same(const Desc& ref, const Desc& d) {
+  if (d.dtype != ref.dtype)
+    throw nb::type_error((std::string("dtype mismatch: ") + ref.name + " is " + dtype_name(ref.dtype) + " but " +
+                          d.name + " is " + dtype_name(d.dtype) + "; all tensors must share one dtype")
+                             .c_str());
+  if (d.device != ref.device || d.device_id != ref.device_id)
+    throw nb::value_error((std::string("device mismatch: ") + ref.name + " is on " + device_name(ref.device) +
+                           (ref.device == Device::kCUDA ? ":" + std::to_string(ref.device_id) : std::string()) +
+                           " but " + d.name + " is on " + device_name(d.device) +
+                           (d.device == Device::kCUDA ? ":" + std::to_string(d.device_id) : std::string()))
+                              .c_str());
+}
+
+void expect_shape(const Desc& d, std::initializer_list<int64_t> shape, const char* layout) {
+  int64_t i = 0;
+  bool ok = d.ndim == static_cast<int64_t>(shape.size());
+  for (int64_t s : shape) ok = ok && d.shape[i++] == s;
+  if (!ok) {
+    std::string want = "[";
+    i = 0;
+    for (int64_t s : shape) want += (i++ ? ", " : "") + std::to_string(s);
+    throw nb::value_error((std::string(d.name) + " must have shape " + want + "] " + layout + ", got " + shape_str(d))
+                              .c_str());
+  }
+}
+
+// [batch, seqlen, heads, dim] strides into a params struct.
+void strides_of(const Desc& d, int64_t& bs, int64_t& rs, int64_t& hs) {
+  bs = d.stride[0];
+  rs = d.stride[1];
+  hs = d.stride[2];
+}
+
+Kernel kernel_from(int k) {
+  if (k < static_cast<int>(Kernel::kAuto) || k > static_cast<int>(Kernel::kHopper))
+    throw nb::value_error(("unknown kernel id " + std::to_string(k)).c_str());
+  return static_cast<Kernel>(k);
+}
+
+constexpr const char* kBSHD = "[batch, seqlen, heads, head_dim]";
+
+// Shared by forward and backward: q, k, v (and o) into the FwdParams fields.
+void fill_problem(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, const Desc& o, float softmax_scale,
+                  bool causal, int64_t window_left, int64_t window_right, float softcap, int kernel,
+                  uintptr_t stream, int num_threads) {
+  expect_rank(q, 4, kBSHD);
+  expect_rank(k, 4, kBSHD);
+  expect_rank(v, 4, kBSHD);
+  for (const Desc* d : {&k, &v, &o}) expect_same(q, *d);
+  for (const Desc* d : {&q, &k, &v, &o}) expect_last_contiguous(*d);
+  if (k.shape[0] != q.shape[0] || v.shape[0] != q.shape[0])
+    throw nb::value_error(("batch mismatch: q " + shape_str(q) + ", k " + shape_str(k) + ", v " + shape_str(v)).c_str());
+  if (v.shape[1] != k.shape[1] || v.shape[2] != k.shape[2])
+    throw nb::value_error(("k and v must share seqlen_k and heads_kv: k " + shape_str(k) + ", v " + shape_str(v)).c_str());
+  if (k.shape[3] != q.shape[3])
+    throw nb::value_error(("head_dim mismatch: q " + shape_str(q) + ", k " + shape_str(k)).c_str());
+  expect_shape(o, {q.shape[0], q.shape[1], q.shape[2], v.shape[3]}, "(out)");
+
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.o = o.data;
+  strides_of(q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  strides_of(k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  strides_of(v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  strides_of(o, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  p.batch = q.shape[0];
+  p.seqlen_q = q.shape[1];
+  p.seqlen_k = k.shape[1];
+  p.heads_q = q.shape[2];
+  p.heads_kv = k.shape[2];
+  p.head_dim = q.shape[3];
+  p.head_dim_v = v.shape[3];
+  p.dtype = q.dtype;
+  p.softmax_scale = softmax_scale;
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  p.softcap = softcap;
+  p.device = q.device;
+  p.device_index = q.device == Device::kCUDA ? q.device_id : -1;
+  p.stream = reinterpret_cast<void*>(stream);
+  p.kernel = kernel_from(kernel);
+  p.num_threads = num_threads;
+}
+
+void set_lse(FwdParams& p, const Desc& q, const std::optional<OutArray>& lse_arr) {
+  if (!lse_arr) return;
+  Desc lse = describe("lse", *lse_arr);
+  if (lse.dtype != DType::kFloat32) throw nb::type_error("lse must be float32");
+  if (lse.device != q.device || lse.device_id != q.device_id)
+    throw nb::value_error("device mismatch: lse must live on the device of q");
+  expect_shape(lse, {q.shape[0], q.shape[2], q.shape[1]}, "[batch, heads_q, seqlen_q]");
+  if (lse.stride[2] != 1 || lse.stride[1] != q.shape[1] || lse.stride[0] != q.shape[1] * q.shape[2])
+    throw nb::value_error("lse must be contiguous [batch, heads_q, seqlen_q]");
+  p.lse = static_cast<float*>(lse.data);
+}
+
+void fwd(const InArray& q_arr, const InArray& k_arr, const InArray& v_arr, const OutArray& o_arr,
+         const std::optional<OutArray>& lse_arr, float softmax_scale, bool causal, int64_t window_left,
+         int64_t window_right, float softcap, int kernel, uintptr_t stream, int num_threads, int dtype_override) {
+  const Desc q = describe("q", q_arr, dtype_override), k = describe("k", k_arr, dtype_override),
+             v = describe("v", v_arr, dtype_override), o = describe("out", o_arr, dtype_override);
+  FwdParams p;
+  fill_problem(p, q, k, v, o, softmax_scale, causal, window_left, window_right, softcap, kernel, stream, num_threads);
+  set_lse(p, q, lse_arr);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = forward(p);
+  }
+  raise_if_error(st);
+}
+
+void bwd(const InArray& dout_arr, const InArray& q_arr, const InArray& k_arr, const InArray& v_arr,
+         const InArray& o_arr, const OutArray& lse_arr, const OutArray& dq_arr, const OutArray& dk_arr,
+         const OutArray& dv_arr, float softmax_scale, bool causal, int64_t window_left, int64_t window_right,
+         float softcap, bool deterministic, int kernel, uintptr_t stream, int num_threads, int dtype_override) {
+  const Desc q = describe("q", q_arr, dtype_override), k = describe("k", k_arr, dtype_override),
+             v = describe("v", v_arr, dtype_override), o = describe("out", o_arr, dtype_override),
+             dout = describe("dout", dout_arr, dtype_override), dq = describe("dq", dq_arr, dtype_override),
+             dk = describe("dk", dk_arr, dtype_override), dv = describe("dv", dv_arr, dtype_override);
+  BwdParams p;
+  fill_problem(p, q, k, v, o, softmax_scale, causal, window_left, window_right, softcap, kernel, stream, num_threads);
+  set_lse(p, q, lse_arr);
+  for (const Desc* d : {&dout, &dq, &dk, &dv}) {
+    expect_same(q, *d);
+    expect_last_contiguous(*d);
+  }
+  expect_shape(dout, {o.shape[0], o.shape[1], o.shape[2], o.shape[3]}, "(like out)");
+  expect_shape(dq, {q.shape[0], q.shape[1], q.shape[2], q.shape[3]}, "(like q)");
+  expect_shape(dk, {k.shape[0], k.shape[1], k.shape[2], k.shape[3]}, "(like k)");
+  expect_shape(dv, {v.shape[0], v.shape[1], v.shape[2], v.shape[3]}, "(like v)");
+  p.dout = dout.data;
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  strides_of(dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride);
+  strides_of(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  strides_of(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  strides_of(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  p.deterministic = deterministic;
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = backward(p);
+  }
+  raise_if_error(st);
+}
+
+// Row softmax over the last dimension. Leading dimensions are folded into rows,
+// which needs them to be one uniformly strided run (true for any contiguous
+// array and for row-sliced views).
+int64_t fold_rows(const Desc& d, int64_t& row_stride) {
+  int64_t rows = 1;
+  for (int64_t i = 0; i + 1 < d.ndim; ++i) rows *= d.shape[i];
+  row_stride = d.ndim >= 2 ? d.stride[d.ndim - 2] : d.shape[0];
+  for (int64_t i = 0; i + 2 < d.ndim; ++i) {
+    if (d.shape[i] > 1 && d.shape[i + 1] > 0 && d.stride[i] != d.stride[i + 1] * d.shape[i + 1])
+      throw nb::value_error((std::string(d.name) + " of shape " + shape_str(d) +
+                             ": the leading dimensions cannot be folded into rows with one stride; "
+                             "make it contiguous first")
+                                .c_str());
+  }
+  if (rows <= 1) row_stride = d.shape[d.ndim - 1];
+  return rows;
+}
+
+void softmax_rows(const InArray& x_arr, const OutArray& y_arr, int variant, uintptr_t stream, int num_threads,
+                  int dtype_override) {
+  const Desc x = describe("x", x_arr, dtype_override), y = describe("y", y_arr, dtype_override);
+  if (x.ndim < 1) throw nb::value_error("softmax needs at least one dimension");
+  expect_same(x, y);
+  expect_last_contiguous(x);
+  expect_last_contiguous(y);
+  if (y.ndim != x.ndim) throw nb::value_error("y must have the shape of x");
+  for (int64_t i = 0; i < x.ndim; ++i)
+    if (y.shape[i] != x.shape[i]) throw nb::value_error("y must have the shape of x");
+  if (variant < 0 || variant > static_cast<int>(SoftmaxVariant::kOnline))
+    throw nb::value_error(("unknown softmax variant id " + std::to_string(variant)).c_str());
+  SoftmaxParams p;
+  p.x = x.data;
+  p.y = y.data;
+  p.cols = x.shape[x.ndim - 1];
+  p.rows = fold_rows(x, p.x_row_stride);
+  fold_rows(y, p.y_row_stride);
+  p.dtype = x.dtype;
+  p.variant = static_cast<SoftmaxVariant>(variant);
+  p.device = x.device;
+  p.device_index = x.device == Device::kCUDA ? x.device_id : -1;
+  p.stream = reinterpret_cast<void*>(stream);
+  p.num_threads = num_threads;
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = softmax(p);
+  }
+  raise_if_error(st);
+}
+
+// The raw entry: contiguous tensors given as integer addresses, no DLPack, no
+// checks beyond flashattn::validate. Exists to measure what the array handling
+// of fwd() and the Python wrapper cost on top of the C++ call.
+void fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, int64_t batch, int64_t seqlen_q,
+             int64_t seqlen_k, int64_t heads_q, int64_t heads_kv, int64_t head_dim, int dtype, int device,
+             int device_index, bool causal, uintptr_t stream) {
+  FwdParams p;
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.o = reinterpret_cast<void*>(o);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.batch = batch;
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.heads_q = heads_q;
+  p.heads_kv = heads_kv;
+  p.head_dim = head_dim;
+  p.dtype = static_cast<DType>(dtype);
+  p.device = static_cast<Device>(device);
+  p.device_index = device_index;
+  p.causal = causal;
+  p.stream = reinterpret_cast<void*>(stream);
+  set_contiguous_strides(p);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = forward(p);
+  }
+  raise_if_error(st);
+}
+
+}  // namespace python
+}  // namespace flashattn
+
+NB_MODULE(_C, m) {
+  using namespace flashattn::python;
+  m.doc() = "flashattn C++ API, bound with nanobind; tensors through DLPack. Use the flashattn package, not this.";
+
+  nb::exception<UnsupportedError>(m, "UnsupportedError", PyExc_ValueError);
+  nb::exception<NotCompiledError>(m, "NotCompiledError", PyExc_RuntimeError);
+  nb::exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
+
+  m.def("fwd", &fwd, "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "out"_a.noconvert(),
+        "lse"_a.noconvert().none(), "softmax_scale"_a, "causal"_a, "window_left"_a, "window_right"_a, "softcap"_a,
+        "kernel"_a, "stream"_a, "num_threads"_a, "dtype_override"_a);
+  m.def("bwd", &bwd, "dout"_a.noconvert(), "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(),
+        "out"_a.noconvert(), "lse"_a.noconvert(), "dq"_a.noconvert(), "dk"_a.noconvert(), "dv"_a.noconvert(),
+        "softmax_scale"_a, "causal"_a, "window_left"_a, "window_right"_a, "softcap"_a, "deterministic"_a, "kernel"_a,
+        "stream"_a, "num_threads"_a, "dtype_override"_a);
+  m.def("softmax", &softmax_rows, "x"_a.noconvert(), "y"_a.noconvert(), "variant"_a, "stream"_a, "num_threads"_a,
+        "dtype_override"_a);
+  m.def("fwd_raw", &fwd_raw, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a, "seqlen_k"_a,
+        "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device"_a, "device_index"_a, "causal"_a, "stream"_a);
+  m.def("cuda_compiled", &flashattn::cuda_compiled);
+  m.def("cuda_device_count", &flashattn::cuda_device_count);
+  m.def("version", [] { return std::string(flashattn::version()); });
+}
