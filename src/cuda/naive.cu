@@ -176,6 +176,8 @@ Status run_naive(const FwdParams& p, cudaStream_t stream) {
 
 Status naive_forward(const FwdParams& p) {
   if (effective_head_dim_v(p) != p.head_dim) return Status::Unsupported("naive: head_dim_v must equal head_dim");
+  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
+    return Status::Unsupported("naive: varlen / KV-cache layouts are not supported (use kernel auto)");
   const cudaStream_t stream = as_stream(p.stream);
   switch (p.dtype) {
     case DType::kFloat32: return run_naive<float>(p, stream);
