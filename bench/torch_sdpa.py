@@ -115,27 +115,26 @@ def main():
                 return t.transpose(1, 2).requires_grad_(bwd)  # [b, heads, seq, d] view of BSHD
 
             inputs = [(make(nq, hq), make(nk, hkv), make(nk, hkv)) for _ in range(sets)]
-            if not bwd:
-                def fwd(i):
-                    q, k, v = inputs[i]
-                    with ctx():
+            # The backend context is entered once, outside the timed calls.
+            with ctx():
+                if not bwd:
+                    def fwd(i):
+                        q, k, v = inputs[i]
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
-                with torch.no_grad():
-                    ms = time_fn(fwd, device, reps, sets)
-            else:
-                outs = []
-                for q, k, v in inputs:
-                    with ctx():
+                    with torch.no_grad():
+                        ms = time_fn(fwd, device, reps, sets)
+                else:
+                    outs = []
+                    for q, k, v in inputs:
                         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
-                    outs.append((o, torch.randn_like(o)))
+                        outs.append((o, torch.randn_like(o)))
 
-                def bwd_fn(i):
-                    q, k, v = inputs[i]
-                    o, do = outs[i]
-                    with ctx():
+                    def bwd_fn(i):
+                        q, k, v = inputs[i]
+                        o, do = outs[i]
                         return torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
-                ms = time_fn(bwd_fn, device, reps, sets)
-                del outs
+                    ms = time_fn(bwd_fn, device, reps, sets)
+                    del outs
             emit({"id": cid, "ms": ms, "reps": reps})
             del inputs
         except Exception as e:  # noqa: BLE001 - a refusal is a table entry, not a crash
