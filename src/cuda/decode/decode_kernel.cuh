@@ -1,6 +1,6 @@
 // Split-KV decode (flash-decoding) kernels, docs/07-inference.md.
 //
-// Grid (splits, heads_kv * row_tiles, batch). One CTA owns one kv head of one
+// Grid (heads_kv * row_tiles, splits, batch). One CTA owns one kv head of one
 // sequence and one slice ("split") of its keys. All query rows that read this
 // kv head -- the GQA group times seqlen_q, packed as row r = g * seqlen_q + i --
 // form one 16-row tile (more rows: several tiles), so every K/V byte is read
@@ -13,6 +13,10 @@
 // equation (4) (flashattn::merge) and written either to O / LSE (one split) or,
 // as fp32 partial O and LSE, to a workspace that decode_combine_kernel merges,
 // again with equation (4).
+// The kv heads are the fastest grid dimension: the CTAs of all heads of one
+// (sequence, split) start together and walk the same key rows at about the same
+// time, so in a [.., seqlen, heads_kv, D] cache (or page) each 256-byte head
+// slice is read close in time to its neighbours of the same row (DRAM locality).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -87,7 +91,7 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 }
 // 16-byte async copy global -> shared; src_bytes = 0 writes zeros.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -150,9 +154,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
   T* sK = sQ + kTileRows * D;                        // [kStages][kBlockN][D]
   T* sV = sK + kStages * kBlockN * D;                // [kStages][kBlockN][D]
 
-  const int split = blockIdx.x;
-  const int hkv = blockIdx.y / a.row_tiles;
-  const int tile = blockIdx.y % a.row_tiles;
+  const int split = blockIdx.y;
+  const int hkv = blockIdx.x / a.row_tiles;
+  const int tile = blockIdx.x % a.row_tiles;
   const int b = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const SeqInfo seq = seq_info(a, b);

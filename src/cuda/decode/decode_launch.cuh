@@ -71,10 +71,21 @@ Status run_decode_typed(const FwdParams& p) {
     FA_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     attr_set = true;
   }
-  int device = 0, sms = 0, per_sm = 0;
+  // SM count and CTAs per SM, queried once per device (decode calls are short:
+  // the host cost of each call matters).
+  constexpr int kMaxDevices = 64;
+  static int cached_sms[kMaxDevices] = {}, cached_per_sm[kMaxDevices] = {};
+  int device = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
-  FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kernel, kThreads, kSmem));
+  int sms = device < kMaxDevices ? cached_sms[device] : 0, per_sm = device < kMaxDevices ? cached_per_sm[device] : 0;
+  if (sms == 0) {
+    FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kernel, kThreads, kSmem));
+    if (device < kMaxDevices) {
+      cached_per_sm[device] = per_sm;
+      cached_sms[device] = sms;
+    }
+  }
   const int64_t ctas = p.batch * p.heads_kv * a.row_tiles;
   a.splits = choose_splits(p.num_splits, ctas, p.seqlen_k, sms, per_sm);
 
@@ -86,7 +97,7 @@ Status run_decode_typed(const FwdParams& p) {
     a.o_part = static_cast<float*>(workspace);
     a.lse_part = a.o_part + static_cast<int64_t>(a.splits) * rows * D;
   }
-  const dim3 grid(a.splits, static_cast<unsigned>(p.heads_kv * a.row_tiles), static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(p.heads_kv * a.row_tiles), a.splits, static_cast<unsigned>(p.batch));
   split_kernel<<<grid, kThreads, kSmem, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess && a.splits > 1) {
