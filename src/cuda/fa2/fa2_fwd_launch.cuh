@@ -1,0 +1,32 @@
+// Host launcher of the FlashAttention-2 forward for one (head dim, dtype):
+// picks the tile from fa2_fwd_tile and the masked / unmasked kernel variant.
+// Included only by the per-instantiation files fa2_fwd_hdimNNN_<dtype>.cu.
+#pragma once
+
+#include "cuda/cuda_utils.cuh"
+#include "cuda/fa2/fa2_fwd.h"
+#include "cuda/fa2/fa2_fwd_kernel.cuh"
+
+namespace flashattn {
+namespace cuda {
+
+template <int kHeadDim, typename Element>
+Status run_fa2_fwd(const Fa2FwdArgs& args, cudaStream_t stream) {
+  constexpr Fa2FwdTile kTile = fa2_fwd_tile(kHeadDim);
+  using Tr = fa2::FwdTraits<kHeadDim, kTile.block_m, kTile.block_n, kTile.warps, Element>;
+  // Causal and sliding-window masks change the loop bounds and the per-block
+  // mask test; without them only the seqlen_k tail block is masked. Softcap is
+  // a template flag too: as a runtime branch it pushed hdim 128 into spills.
+  const bool local = args.window_left >= 0 || args.window_right >= 0;
+  const bool softcap = args.softcap_pre != 0.0f;
+  auto kernel = local ? (softcap ? fa2::fwd_kernel<Tr, true, true> : fa2::fwd_kernel<Tr, true, false>)
+                      : (softcap ? fa2::fwd_kernel<Tr, false, true> : fa2::fwd_kernel<Tr, false, false>);
+  FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  const dim3 grid((args.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, args.heads_q, args.batch);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
+  FA_CUDA_CHECK_LAUNCH("fa2_forward");
+  return Status::Ok();
+}
+
+}  // namespace cuda
+}  // namespace flashattn

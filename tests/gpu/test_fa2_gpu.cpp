@@ -1,0 +1,264 @@
+// FlashAttention-2 forward (Kernel::kFA2) against the float64 oracle with the
+// tolerance rule (2x the naive low-precision error + a floor), LSE included,
+// over odd sequence lengths (Nq != Nk both ways), every head dim, GQA/MQA,
+// causal / window / softcap, fully masked rows, batches and strided inputs.
+// Outputs are poisoned (NaN) before each run, so unwritten elements fail.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "test_util.h"
+
+namespace flashattn {
+namespace testing {
+namespace {
+
+Shape make_shape(int64_t b, int64_t nq, int64_t nk, int64_t hq, int64_t hkv, int64_t d, DType dt) {
+  Shape s;
+  s.batch = b;
+  s.seqlen_q = nq;
+  s.seqlen_k = nk;
+  s.heads_q = hq;
+  s.heads_kv = hkv;
+  s.head_dim = d;
+  s.dtype = dt;
+  return s;
+}
+
+// Compares o (contiguous [b, nq, hq, d]) and lse of a finished run with the oracle.
+void check_against_reference(const FwdParams& host_params, const HostTensor& o, const std::vector<float>& lse,
+                             const std::string& name) {
+  const auto ref = cpu::reference_forward_f64(host_params);
+  const auto low = lowprec_forward(host_params);
+  const double tol = 2 * max_abs_diff(ref.out, low.out) + tolerance_floor(host_params.dtype);
+  const double err = max_abs_diff(ref.out, o);
+  EXPECT_LE(err, tol) << name << ": O error " << err << " > tolerance " << tol;
+  const double lse_tol = 2 * max_abs_diff_lse(ref.lse, low.lse) + 1e-3;
+  const double lse_err = max_abs_diff_lse(ref.lse, lse);
+  EXPECT_LE(lse_err, lse_tol) << name << ": LSE error " << lse_err << " > tolerance " << lse_tol;
+  // Fully masked rows: O exactly 0 (max_abs_diff already rejects NaN).
+  const int64_t d = host_params.head_dim;
+  for (int64_t b = 0; b < host_params.batch; ++b)
+    for (int64_t h = 0; h < host_params.heads_q; ++h)
+      for (int64_t i = 0; i < host_params.seqlen_q; ++i) {
+        if (ref.lse[(b * host_params.heads_q + h) * host_params.seqlen_q + i] != -INFINITY) continue;
+        const int64_t row = ((b * host_params.seqlen_q + i) * host_params.heads_q + h) * d;
+        for (int64_t c = 0; c < d; ++c)
+          if (o.get(row + c) != 0.0f) {
+            ADD_FAILURE() << name << ": fully masked row b" << b << " h" << h << " i" << i << " has O = "
+                          << o.get(row + c);
+            return;
+          }
+      }
+}
+
+bool not_compiled(const Status& st) {
+  return st.code == StatusCode::kUnsupported && st.message.find("no compiled kernel") != std::string::npos;
+}
+
+// Runs kFA2 on one contiguous problem and checks it. A head dim without a
+// compiled kernel in this build is reported (not failed) and the case skipped.
+void run_case(const Shape& s, uint64_t seed) {
+  SCOPED_TRACE(s.name());
+  Problem prob(s, seed);
+  GpuProblem g(prob);
+  ASSERT_TRUE(g.ok()) << "cudaMalloc failed";
+  FwdParams p = g.fwd_params();
+  p.kernel = Kernel::kFA2;
+  const Status st = forward(p);
+  if (not_compiled(st)) {
+    std::printf("[  NOTE    ] %s skipped: %s\n", s.name().c_str(), st.message.c_str());
+    return;
+  }
+  ASSERT_TRUE(st.ok()) << s.name() << ": " << st.message;
+  FA_TEST_CUDA(g.copy_outputs_to_host(prob));
+  check_against_reference(prob.params, prob.o, prob.lse, s.name());
+}
+
+class Fa2Fwd : public ::testing::Test {
+ protected:
+  void SetUp() override { FLASHATTN_SKIP_WITHOUT_GPU(); }
+};
+
+// Odd lengths, Nq != Nk both ways (bottom-right causal alignment), partial tiles.
+TEST_F(Fa2Fwd, SeqlenGrid) {
+  const std::vector<std::pair<int64_t, int64_t>> lens = {{1, 1},     {1, 257},  {7, 1},     {7, 63},   {63, 65},
+                                                        {65, 63},   {127, 65}, {65, 127},  {257, 1},  {127, 257},
+                                                        {257, 127}, {1000, 63}, {63, 1000}, {257, 1000}, {1000, 257}};
+  uint64_t seed = 1;
+  for (auto [nq, nk] : lens)
+    for (int causal = 0; causal < 2; ++causal)
+      for (int64_t d : {64, 128})
+        for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+          Shape s = make_shape(1, nq, nk, 4, 4, d, dt);
+          s.causal = causal;
+          run_case(s, seed++);
+          if (HasFatalFailure()) return;
+        }
+}
+
+// Every head dim the API allows in the grid; those between kernel dims run
+// zero-padded in the next compiled kernel (only the real columns are written).
+TEST_F(Fa2Fwd, HeadDims) {
+  uint64_t seed = 100;
+  for (int64_t d : {32, 40, 64, 80, 96, 128, 192, 256})
+    for (auto [nq, nk] : {std::pair<int64_t, int64_t>{127, 257}, {257, 65}})
+      for (int causal = 0; causal < 2; ++causal)
+        for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+          Shape s = make_shape(1, nq, nk, 4, 4, d, dt);
+          s.causal = causal;
+          run_case(s, seed++);
+          if (HasFatalFailure()) return;
+        }
+}
+
+// GQA / MQA with batches, causal, sliding window and softcap.
+TEST_F(Fa2Fwd, HeadsMasksSoftcap) {
+  struct Opt {
+    bool causal;
+    int64_t wl, wr;
+    float softcap;
+  };
+  const Opt opts[] = {{false, -1, -1, 0.f}, {true, -1, -1, 0.f}, {false, 50, 20, 0.f}, {false, 100, -1, 0.f},
+                      {false, -1, 7, 0.f},  {true, 30, -1, 0.f}, {false, -1, -1, 5.f}, {true, 64, -1, 3.f}};
+  uint64_t seed = 200;
+  for (auto [hq, hkv] : {std::pair<int64_t, int64_t>{4, 4}, {8, 2}, {8, 1}})
+    for (const Opt& o : opts)
+      for (int64_t b : {1, 3}) {
+        const DType dt = (seed % 2) ? DType::kFloat16 : DType::kBFloat16;
+        Shape s = make_shape(b, 129, 200, hq, hkv, 64, dt);
+        s.causal = o.causal;
+        s.window_left = o.wl;
+        s.window_right = o.wr;
+        s.softcap = o.softcap;
+        run_case(s, seed++);
+        if (HasFatalFailure()) return;
+      }
+}
+
+// Rows that see no key at all: causal with Nq > Nk (the first Nq - Nk rows,
+// whole query blocks included) and windows that leave rows empty.
+TEST_F(Fa2Fwd, FullyMaskedRows) {
+  uint64_t seed = 300;
+  for (DType dt : {DType::kBFloat16, DType::kFloat16})
+    for (int64_t d : {64, 128}) {
+      Shape s = make_shape(3, 1000, 65, 8, 2, d, dt);
+      s.causal = true;
+      run_case(s, seed++);
+      Shape w = make_shape(1, 300, 100, 4, 4, d, dt);  // window_left 10, window_right 0: rows < 200 see nothing
+      w.window_left = 10;
+      w.window_right = 0;
+      run_case(w, seed++);
+      if (HasFatalFailure()) return;
+    }
+}
+
+// Longer sequence in both dtypes and head dims of the performance path.
+TEST_F(Fa2Fwd, LongerSequence) {
+  uint64_t seed = 400;
+  for (int64_t d : {64, 128})
+    for (int causal = 0; causal < 2; ++causal) {
+      Shape s = make_shape(1, 1000, 1000, 2, 1, d, DType::kBFloat16);
+      s.causal = causal;
+      run_case(s, seed++);
+    }
+}
+
+// q, k, v as views of one packed [b, n, 3, h, d] qkv tensor (row stride 3 h d),
+// o written into a padded [b, n, h, d + 8] buffer (row and head strides > d).
+TEST_F(Fa2Fwd, StridedPackedQkv) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat16})
+    for (int64_t d : {64, 40}) {
+      const int64_t b = 2, n = 131, h = 4, od = d + 8;
+      Shape s = make_shape(b, n, n, h, h, d, dt);
+      s.causal = dt == DType::kFloat16;
+      SCOPED_TRACE(s.name() + "_packed");
+      Problem prob(s, 500 + d);  // supplies contiguous random q, k, v
+      HostTensor qkv(dt, b * n * 3 * h * d);
+      for (int64_t bi = 0; bi < b; ++bi)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t hi = 0; hi < h; ++hi)
+            for (int64_t c = 0; c < d; ++c) {
+              const int64_t src = ((bi * n + i) * h + hi) * d + c;
+              const int64_t dst = (((bi * n + i) * 3) * h + hi) * d + c;
+              qkv.set(dst, prob.q.get(src));
+              qkv.set(dst + h * d, prob.k.get(src));
+              qkv.set(dst + 2 * h * d, prob.v.get(src));
+            }
+      DeviceBuffer dqkv = to_device(qkv);
+      DeviceBuffer dout(static_cast<size_t>(b * n * h * od * dtype_size(dt)));
+      DeviceBuffer dlse(static_cast<size_t>(b * h * n * sizeof(float)));
+      ASSERT_TRUE(dqkv.get() && dout.get() && dlse.get());
+      FA_TEST_CUDA(dout.poison());
+      FA_TEST_CUDA(dlse.poison());
+
+      FwdParams p = prob.params;  // shape and options
+      const int64_t es = dtype_size(dt);
+      auto view = [&](const void* base, int64_t which) {
+        return static_cast<const void*>(static_cast<const char*>(base) + which * h * d * es);
+      };
+      p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = n * 3 * h * d;
+      p.q_row_stride = p.k_row_stride = p.v_row_stride = 3 * h * d;
+      p.q_head_stride = p.k_head_stride = p.v_head_stride = d;
+      p.o_batch_stride = n * h * od;
+      p.o_row_stride = h * od;
+      p.o_head_stride = od;
+      FwdParams host = p;  // the oracle reads the same strided layout on the host
+      host.q = view(qkv.data(), 0);
+      host.k = view(qkv.data(), 1);
+      host.v = view(qkv.data(), 2);
+      p.q = view(dqkv.get(), 0);
+      p.k = view(dqkv.get(), 1);
+      p.v = view(dqkv.get(), 2);
+      p.o = dout.get();
+      p.lse = dlse.as<float>();
+      p.device = Device::kCUDA;
+      p.kernel = Kernel::kFA2;
+      const Status st = forward(p);
+      if (not_compiled(st)) GTEST_SKIP() << st.message;
+      ASSERT_TRUE(st.ok()) << st.message;
+      FA_TEST_CUDA(cudaDeviceSynchronize());
+      HostTensor opad(dt, b * n * h * od);
+      FA_TEST_CUDA(to_host(dout, opad));
+      std::vector<float> lse(b * h * n);
+      FA_TEST_CUDA(dlse.download(lse.data(), lse.size() * sizeof(float)));
+      // Gather the real columns; the padding columns must stay poisoned (never written).
+      HostTensor o(dt, b * n * h * d);
+      bool pad_untouched = true;
+      for (int64_t r = 0; r < b * n * h; ++r) {
+        for (int64_t c = 0; c < d; ++c) o.set(r * d + c, opad.get(r * od + c));
+        for (int64_t c = d; c < od; ++c) pad_untouched &= std::isnan(opad.get(r * od + c));
+      }
+      EXPECT_TRUE(pad_untouched) << "fa2 wrote past head_dim into the output row padding";
+      host.o = nullptr;
+      host.lse = nullptr;
+      check_against_reference(host, o, lse, s.name() + "_packed");
+    }
+}
+
+TEST_F(Fa2Fwd, Float32IsUnsupported) {
+  Shape s = make_shape(1, 16, 16, 2, 2, 64, DType::kFloat32);
+  Problem prob(s, 7);
+  GpuProblem g(prob);
+  ASSERT_TRUE(g.ok());
+  FwdParams p = g.fwd_params();
+  p.kernel = Kernel::kFA2;
+  const Status st = forward(p);
+  EXPECT_EQ(st.code, StatusCode::kUnsupported);
+  EXPECT_NE(st.message.find("float16/bfloat16"), std::string::npos) << st.message;
+  // Auto falls back to a CUDA-core rung for fp32 (FA1), never to a wrong answer.
+  p.kernel = Kernel::kAuto;
+  const Status st_auto = forward(p);
+  if (st_auto.ok()) {
+    FA_TEST_CUDA(g.copy_outputs_to_host(prob));
+    check_against_reference(prob.params, prob.o, prob.lse, "fp32 auto");
+  }
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace flashattn
