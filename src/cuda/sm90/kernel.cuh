@@ -1,0 +1,75 @@
+// The Hopper forward kernel (sm_90a): warp-specialized, persistent.
+//   WG0: producer (registers given back with setmaxnreg.dec; one thread issues TMA)
+//   WG1, WG2: consumers (setmaxnreg.inc; wgmma + online softmax + epilogue)
+// Included only by the hdimNNN instantiation files.
+#pragma once
+
+#include "cuda/cuda_utils.cuh"
+#include "cuda/sm90/consumer.cuh"
+#include "cuda/sm90/kernel_params.cuh"
+#include "cuda/sm90/producer.cuh"
+#include "cuda/sm90/ptx.cuh"
+#include "cuda/sm90/traits.cuh"
+
+namespace flashattn { namespace cuda { namespace sm90 {
+
+template <class Tr, bool kOverlap>
+__global__ void __launch_bounds__(kNumThreads, 1)
+    hopper_fwd_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                      const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ KernelParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  auto& s = *reinterpret_cast<SharedStorage<Tr>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                  ~static_cast<uintptr_t>(1023));
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) {
+    prefetch_tensormap(&tm_q);
+    prefetch_tensormap(&tm_k);
+    prefetch_tensormap(&tm_v);
+    mbar_init(&s.q_full, 1);
+    mbar_init(&s.q_empty, kConsumerWarps);
+    for (int i = 0; i < Tr::kStages; ++i) {
+      mbar_init(&s.k_full[i], 1);
+      mbar_init(&s.v_full[i], 1);
+      mbar_init(&s.kv_empty[i], kConsumerWarps);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warp < 4) {
+    // Producer warpgroup: 24 registers are plenty for address arithmetic.
+    setmaxnreg_dec<24>();
+    if (threadIdx.x == 0) producer_loop<Tr>(s, p, &tm_q, &tm_k, &tm_v);
+  } else {
+    // 128 x 24 + 256 x 240 = 64512 <= 65536 registers.
+    setmaxnreg_inc<240>();
+    Consumer<Tr>::template run<kOverlap>(s, p);
+  }
+}
+
+template <class Tr, bool kOverlap>
+Status launch_variant(const LaunchArgs& a) {
+  constexpr int smem = smem_bytes<Tr>();
+  static bool attr_set = false;
+  if (!attr_set) {
+    FA_CUDA_CHECK(cudaFuncSetAttribute(hopper_fwd_kernel<Tr, kOverlap>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       smem));
+    attr_set = true;
+  }
+  hopper_fwd_kernel<Tr, kOverlap><<<a.grid, kNumThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.params);
+  FA_CUDA_CHECK_LAUNCH("hopper_fwd_kernel");
+  return Status::Ok();
+}
+
+template <int kHeadDim, bool kBF16>
+Status launch_hopper_fwd(const LaunchArgs& a) {
+  using Tr = Traits<kHeadDim, kBF16>;
+  // hdim 256: O alone is 128 registers; with a second S in flight ptxas spills
+  // in the main loop, so 256 runs without the intra-warpgroup overlap.
+  if constexpr (kHeadDim <= 128) {
+    if (!a.no_overlap) return launch_variant<Tr, true>(a);
+  }
+  return launch_variant<Tr, false>(a);
+}
+
+}}}  // namespace flashattn::cuda::sm90

@@ -1,0 +1,50 @@
+// Tile sizes and the shared-memory plan of the Hopper forward, one place for
+// both the host (launch, smem size) and the kernel templates.
+#pragma once
+
+#include <cstdint>
+
+namespace flashattn { namespace cuda { namespace sm90 {
+
+// 3 warpgroups: WG0 = producer (TMA), WG1/WG2 = consumers, 64 query rows each.
+constexpr int kNumThreads = 384;
+constexpr int kConsumerWarps = 8;
+
+template <int kHeadDim_, bool kBF16_>
+struct Traits {
+  static constexpr int kHeadDim = kHeadDim_;  // padded head dim: 64, 128 or 256
+  static constexpr bool kBF16 = kBF16_;
+  static constexpr int kBlockM = 128;         // 2 consumer warpgroups x 64 rows
+  // Keys per block. 256 needs a narrower block to fit two K/V stages + Q in
+  // 227 KB of smem and S (40 regs) + O (128 regs) in 240 registers.
+  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80;
+  static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;
+  // A tile row of head_dim is stored as kChunks column chunks of 64 elements
+  // (128 bytes = one 128B-swizzle atom row); chunk c of a tile with R rows
+  // starts at c * R * 128 bytes. TMA writes one chunk per copy.
+  static constexpr int kChunks = kHeadDim / 64;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kVBytes = kBlockN * kHeadDim * 2;
+  static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0, "tiles must keep the 1024-byte swizzle alignment");
+};
+
+template <class Tr>
+struct SharedStorage {
+  alignas(1024) uint8_t q[Tr::kQBytes];
+  alignas(1024) uint8_t k[Tr::kStages][Tr::kKBytes];
+  alignas(1024) uint8_t v[Tr::kStages][Tr::kVBytes];
+  uint64_t q_full;                   // TMA of Q landed
+  uint64_t q_empty;                  // consumers are done with Q (8 warp arrivals)
+  uint64_t k_full[Tr::kStages];      // TMA of K landed
+  uint64_t v_full[Tr::kStages];      // TMA of V landed
+  uint64_t kv_empty[Tr::kStages];    // consumers are done with K and V of the stage
+};
+
+// +1024: the dynamic smem base is only 16-byte aligned; the kernel rounds it up.
+template <class Tr>
+constexpr int smem_bytes() {
+  return static_cast<int>(sizeof(SharedStorage<Tr>)) + 1024;
+}
+
+}}}  // namespace flashattn::cuda::sm90
