@@ -24,14 +24,19 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 def _stream(t: torch.Tensor) -> int:
     """The caller's current CUDA stream on t's device (0 for CPU tensors)."""
-    if t.device.type != "cuda":
+    if not t.is_cuda:
         return 0
     if _raw_stream is not None:
-        return _raw_stream(t.device.index)
+        return _raw_stream(t.get_device())
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+_Tensor = torch.Tensor
+
+
 def _check(q, k, v):
+    if isinstance(k, _Tensor) and isinstance(v, _Tensor) and q.dim() == 4 and k.dim() == 4 and v.dim() == 4:
+        return
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
@@ -141,22 +146,29 @@ def _backward(ctx, dout, _dlse):
 fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _needs_grad(q, k, v) -> bool:
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-
-
 def flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, return_lse, kernel):
+    # Kept lean: this is the per-call overhead of every eager inference call.
     _check(q, k, v)
-    window_left, window_right = _ops.window_pair(window_size)
-    args = (0.0 if softmax_scale is None else float(softmax_scale), bool(causal), window_left, window_right,
-            float(softcap), bool(deterministic), _ops.kernel_id(kernel))
+    try:
+        window_left, window_right = window_size
+        window_left, window_right = int(window_left), int(window_right)
+    except (TypeError, ValueError):
+        window_left, window_right = _ops.window_pair(window_size)  # raises the clear error
+    scale = 0.0 if softmax_scale is None else float(softmax_scale)
+    kid = 0 if kernel == "auto" else _ops.kernel_id(kernel)
+    causal, softcap = bool(causal), float(softcap)
     if torch.compiler.is_compiling():
-        out, lse = fwd_op(q, k, v, *args)
-    elif _needs_grad(q, k, v):
-        out, lse = FlashAttnFunction.apply(q, k, v, *args)
+        out, lse = fwd_op(q, k, v, scale, causal, window_left, window_right, softcap, bool(deterministic), kid)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out, lse = FlashAttnFunction.apply(q, k, v, scale, causal, window_left, window_right, softcap,
+                                           bool(deterministic), kid)
     else:
-        scale, causal_, wl, wr, cap, _det, kid = args
-        out, lse = _fwd_impl(q, k, v, scale, causal_, wl, wr, cap, kid, return_lse)
+        out = torch.empty_like(q) if v.shape[3] == q.shape[3] else q.new_empty(q.shape[:3] + (v.shape[3],))
+        lse = None
+        if return_lse:
+            lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
+        _C.fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
+               causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
     return (out, lse) if return_lse else out
 
 

@@ -11,6 +11,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <optional>
@@ -18,6 +19,12 @@
 #include <string>
 
 #include "flashattn/flashattn.h"
+
+#if FLASHATTN_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <vector>
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -373,6 +380,54 @@ void fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, 
   raise_if_error(st);
 }
 
+#if FLASHATTN_WITH_CUDA
+// C++-side timing of the same raw call: `reps` forward() calls, each between two
+// CUDA events on `stream`, after `warmup` untimed calls. Returns the milliseconds
+// of each call; the Python benchmark compares their median with the Python API's.
+std::vector<float> time_fwd_raw_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
+                                     int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q,
+                                     int64_t heads_kv, int64_t head_dim, int dtype, int device_index, bool causal,
+                                     uintptr_t stream, int warmup, int reps) {
+  FwdParams p;
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.o = reinterpret_cast<void*>(o);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.batch = batch;
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.heads_q = heads_q;
+  p.heads_kv = heads_kv;
+  p.head_dim = head_dim;
+  p.dtype = static_cast<DType>(dtype);
+  p.device = Device::kCUDA;
+  p.device_index = device_index;
+  p.causal = causal;
+  p.stream = reinterpret_cast<void*>(stream);
+  set_contiguous_strides(p);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  std::vector<float> ms(reps > 0 ? reps : 0);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    for (int i = 0; i < warmup && st.ok(); ++i) st = forward(p);
+    std::vector<cudaEvent_t> ev(2 * ms.size());
+    for (auto& e : ev) cudaEventCreate(&e);
+    for (size_t i = 0; i < ms.size() && st.ok(); ++i) {
+      cudaEventRecord(ev[2 * i], s);
+      st = forward(p);
+      cudaEventRecord(ev[2 * i + 1], s);
+    }
+    cudaStreamSynchronize(s);
+    for (size_t i = 0; i < ms.size(); ++i) cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]);
+    for (auto& e : ev) cudaEventDestroy(e);
+  }
+  raise_if_error(st);
+  return ms;
+}
+#endif
+
 }  // namespace python
 }  // namespace flashattn
 
@@ -395,6 +450,11 @@ NB_MODULE(_C, m) {
         "dtype_override"_a);
   m.def("fwd_raw", &fwd_raw, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a, "seqlen_k"_a,
         "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device"_a, "device_index"_a, "causal"_a, "stream"_a);
+#if FLASHATTN_WITH_CUDA
+  m.def("time_fwd_raw_cuda", &time_fwd_raw_cuda, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a,
+        "seqlen_k"_a, "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device_index"_a, "causal"_a, "stream"_a,
+        "warmup"_a, "reps"_a);
+#endif
   m.def("cuda_compiled", &flashattn::cuda_compiled);
   m.def("cuda_device_count", &flashattn::cuda_device_count);
   m.def("version", [] { return std::string(flashattn::version()); });
