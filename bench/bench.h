@@ -30,6 +30,7 @@ enum class Metric { kFlops, kBandwidth };
 
 struct Row {
   int group = 0;         // rows of one problem share it
+  int ratio_group = -1;  // group whose baseline row gives the ratio (-1 = own group)
   std::string section;   // fwd / bwd / decode / softmax
   std::string name;      // rung, CPU kernel or torch backend
   std::string dtype;

@@ -58,8 +58,9 @@ double baseline_ms(const std::vector<Row>& rows, const Row& r, const std::string
   bool named = false;
   int torch_rows = 0;
   double torch_ms = -1;
+  const int group = r.ratio_group >= 0 ? r.ratio_group : r.group;
   for (const Row& o : rows) {
-    if (o.group != r.group) continue;
+    if (o.group != group) continue;
     if (o.name == baseline) {
       named = true;
       if (o.ms > 0) return o.ms;

@@ -7,7 +7,7 @@
 // 512..16k: B = 16384 / N and H = 2048 / D for D in {64, 128, 256}, causal and not.
 //   --gpu            forward of naive (where S fits), fa1 (N <= 2k), fa2, hopper, auto; row softmax GB/s
 //   --gpu --bwd      backward of fa2 and auto
-//   --gpu --decode   Nq = 1 over a KV cache, contiguous and paged (page 16 / 256): KV-read GB/s
+//   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -285,14 +285,18 @@ void build_decode_sweep(Sweep& s) {
   if (s.o.n || s.o.b || s.o.h)
     cfgs = {{s.o.b ? s.o.b : 1, s.o.h ? s.o.h : 32, s.o.hkv ? s.o.hkv : 8, s.o.nk ? s.o.nk : (s.o.n ? s.o.n : 32768)}};
   const int64_t d = s.o.d ? s.o.d : 128;
-  for (const Cfg& c : cfgs)
-    for (int64_t page : {int64_t{0}, int64_t{16}, int64_t{256}}) {
+  // Layouts: plain contiguous K/V; contiguous KV cache (seqused_k); paged (block_table).
+  // Ratios of the cache layouts are vs torch on the plain contiguous tensors.
+  for (const Cfg& c : cfgs) {
+    const int contiguous_group = s.group;
+    for (int64_t page : {int64_t{0}, int64_t{-1}, int64_t{16}, int64_t{256}}) {
       Row base;
       base.group = s.group++;
+      base.ratio_group = contiguous_group;
       base.section = "decode";
       base.dtype = s.dts;
       base.b = c.b, base.hq = c.hq, base.hkv = c.hkv, base.nq = 1, base.nk = c.n, base.d = d;
-      base.note = page ? "paged " + std::to_string(page) : "contiguous";
+      base.note = page > 0 ? "paged " + std::to_string(page) : page < 0 ? "seqused_k" : "contiguous";
       base.metric = Metric::kBandwidth;
       base.work = 2.0 * c.b * c.n * c.hkv * d * dtype_size(s.dt);  // K and V bytes read
       for (Kernel k : {Kernel::kFA2, Kernel::kAuto}) {
@@ -305,6 +309,7 @@ void build_decode_sweep(Sweep& s) {
         s.add_torch(base, "cudnn", false);
       }
     }
+  }
 }
 
 void build_softmax_sweep(Sweep& s) {
@@ -406,14 +411,18 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
     }
   }
   // KV cache: every sequence holds nk keys; pages handed out in a shuffled order.
+  const bool cache = page || g.note == "seqused_k";
   DevBuf seqused, table;
-  if (page) {
+  if (cache) {
     std::vector<int32_t> used(static_cast<size_t>(g.b), static_cast<int32_t>(g.nk));
+    seqused = DevBuf(used.size() * 4);
+    BENCH_CUDA(cudaMemcpy(seqused.get(), used.data(), used.size() * 4, cudaMemcpyHostToDevice));
+  }
+  if (page) {
     std::vector<int32_t> tab(static_cast<size_t>(num_pages));
     std::iota(tab.begin(), tab.end(), 0);
     std::shuffle(tab.begin(), tab.end(), std::mt19937(5));
-    seqused = DevBuf(used.size() * 4), table = DevBuf(tab.size() * 4);
-    BENCH_CUDA(cudaMemcpy(seqused.get(), used.data(), used.size() * 4, cudaMemcpyHostToDevice));
+    table = DevBuf(tab.size() * 4);
     BENCH_CUDA(cudaMemcpy(table.get(), tab.data(), tab.size() * 4, cudaMemcpyHostToDevice));
   }
 
@@ -423,9 +432,9 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   p.causal = g.causal;
   p.device = Device::kCUDA;
   set_contiguous_strides(p);
+  if (cache) p.seqused_k = static_cast<const int32_t*>(seqused.get());
   if (page) {
     p.k_batch_stride = p.v_batch_stride = page * g.hkv * g.d;  // one page
-    p.seqused_k = static_cast<const int32_t*>(seqused.get());
     p.block_table = static_cast<const int32_t*>(table.get());
     p.block_table_batch_stride = pages_per_seq;
     p.page_size = page;

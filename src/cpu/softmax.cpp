@@ -3,11 +3,11 @@
 // Three variants (docs/01-online-softmax.md):
 //   naive : e = exp(x), y = e / sum(e). Overflows to inf/NaN once x > ~88 (fp32
 //           exp limit); kept on purpose to show why the other two exist.
-//   safe  : pass 1 m = max(x); pass 2 l = sum exp(x - m); y = exp(x - m) / l.
-//   online: one pass for the statistics: the row is read block by block, each
+//   safe  : pass 1 m = max(x); pass 2 y = exp(x - m), l = sum y; y /= l.
+//   online: one pass over x: block by block, y = exp(x - block max) and the
 //           block's (max, sum) is folded into the running stats with merge()
 //           (online_softmax.h, eq. 4), exactly as the flash kernels fold key
-//           blocks; then y = exp(x - m) / l.
+//           blocks; a last pass over y rescales each block by exp(m_b - m) / l.
 // A row that is entirely -inf (fully masked) gives y = 0 for safe/online (the
 // attention convention: (-inf, 0) stats, no NaN) and NaN for naive (0 / 0).
 //
@@ -71,82 +71,89 @@ inline float exp_f32(float x) {
   return x < -87.0f ? 0.0f : y;
 }
 
-inline float row_max(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
-
-// sum_i exp(x_i - m); the caller guarantees m is finite. Summed in blocks
-// (fp32 inside a block, double across blocks) so long rows keep fp32 accuracy:
-// one flat fp32 sum of 1e5 terms drifts by ~1e-4 relative.
-inline float sum_exp_shifted(const float* x, int64_t n, float m) {
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t end = std::min(n, b + kBlock);
-    float s = 0.0f;
+// y_i = exp(x_i - m) for one block (m finite); returns the block's sum. One
+// exp per element: the exponentials are stored, then rescaled in place.
+inline float exp_store_sum(const float* x, float* y, int64_t n, float m) {
+  float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = b; i < end; ++i) s += exp_f32(x[i] - m);
-    total += s;
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = exp_f32(x[i] - m);
+    s += y[i];
   }
-  return static_cast<float>(total);
-}
-
-// Statistics of one row, (max, sum exp(x - max)), for the safe and online variants.
-SoftmaxStats stats_safe(const float* x, int64_t n) {
-  SoftmaxStats s;
-  s.max = row_max(x, n);
-  if (s.max == -std::numeric_limits<float>::infinity()) return s;  // fully masked: (-inf, 0)
-  s.sum = sum_exp_shifted(x, n, s.max);
   return s;
 }
 
-SoftmaxStats stats_online(const float* x, int64_t n) {
+inline void scale(float* y, int64_t n, float f) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] *= f;
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// naive: sum exp(x), no shift. Sums in blocks (fp32 inside, double across) so
+// long rows keep fp32 accuracy: one flat fp32 sum of 1e5 terms drifts ~1e-4.
+void naive_row(const float* x, float* y, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = b; i < b + len; ++i) {
+      y[i] = exp_f32(x[i]);
+      s += y[i];
+    }
+    total += s;
+  }
+  scale(y, n, 1.0f / static_cast<float>(total));  // inf / inf or 0 / 0 = NaN is the point of this variant
+}
+
+// safe: pass 1 the row max, pass 2 y = exp(x - m) and its sum, pass 3 y /= l.
+void safe_row(const float* x, float* y, int64_t n) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  if (m == kNegInf) {  // fully masked row: stats (-inf, 0), output 0
+    std::fill(y, y + n, 0.0f);
+    return;
+  }
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) total += exp_store_sum(x + b, y + b, std::min(kBlock, n - b), m);
+  scale(y, n, static_cast<float>(1.0 / total));
+}
+
+// online: one pass over x. Each block stores exp(x - block max) and its stats
+// (block max, block sum) are merged into the running stats (eq. 4); the final
+// pass rescales block b by exp(m_b - m) / l, the same correction the flash
+// kernels apply to their output accumulator.
+void online_row(const float* x, float* y, int64_t n, std::vector<float>& block_max) {
+  block_max.clear();
   SoftmaxStats running;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = std::min(kBlock, n - b);
     SoftmaxStats block;
-    block.max = row_max(x + b, len);
-    if (block.max != -std::numeric_limits<float>::infinity()) block.sum = sum_exp_shifted(x + b, len, block.max);
+    float bm = kNegInf;
+#pragma omp simd reduction(max : bm)
+    for (int64_t i = b; i < b + len; ++i) bm = x[i] > bm ? x[i] : bm;
+    block.max = bm;
+    if (bm == kNegInf) std::fill(y + b, y + b + len, 0.0f);  // fully masked block: (-inf, 0)
+    else block.sum = exp_store_sum(x + b, y + b, len, bm);
     running = merge(running, block);
+    block_max.push_back(bm);
   }
-  return running;
-}
-
-// y = exp(x - m) / l, or 0 for an empty row.
-void normalize(const float* x, float* y, int64_t n, SoftmaxStats s) {
-  if (s.sum == 0.0f) {
+  if (running.sum == 0.0f) {  // fully masked row
     std::fill(y, y + n, 0.0f);
     return;
   }
-  const float inv = 1.0f / s.sum;
-  const float m = s.max;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = exp_f32(x[i] - m) * inv;
+  const float inv = 1.0f / running.sum;
+  for (int64_t b = 0, k = 0; b < n; b += kBlock, ++k)
+    scale(y + b, std::min(kBlock, n - b), rescale_factor(block_max[k], running.max) * inv);
 }
 
-void naive_row(const float* x, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = exp_f32(x[i]);
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t end = std::min(n, b + kBlock);
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = b; i < end; ++i) s += y[i];
-    total += s;
-  }
-  const float inv = 1.0f / static_cast<float>(total);  // inf / inf or 0 / 0 = NaN is the point of this variant
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] *= inv;
-}
-
-void softmax_row(const float* x, float* y, int64_t n, SoftmaxVariant variant) {
+void softmax_row(const float* x, float* y, int64_t n, SoftmaxVariant variant, std::vector<float>& scratch) {
   switch (variant) {
     case SoftmaxVariant::kNaive: naive_row(x, y, n); return;
-    case SoftmaxVariant::kSafe: normalize(x, y, n, stats_safe(x, n)); return;
-    case SoftmaxVariant::kOnline: normalize(x, y, n, stats_online(x, n)); return;
+    case SoftmaxVariant::kSafe: safe_row(x, y, n); return;
+    case SoftmaxVariant::kOnline: online_row(x, y, n, scratch); return;
   }
 }
 
@@ -162,22 +169,22 @@ void store_row(void* base, DType dt, int64_t offset, int64_t n, const float* in)
 Status softmax(const SoftmaxParams& p) {
   const int threads = p.num_threads > 0 ? p.num_threads : omp_get_max_threads();
   const int64_t rows = p.rows, cols = p.cols;
-  if (p.dtype == DType::kFloat32) {
-    const float* x = static_cast<const float*>(p.x);
-    float* y = static_cast<float*>(p.y);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * p.x_row_stride, y + r * p.y_row_stride, cols, p.variant);
-    return Status::Ok();
-  }
-  // 16-bit storage: widen one row into per-thread fp32 scratch, compute, narrow.
+  const bool wide = p.dtype == DType::kFloat32;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> in(static_cast<size_t>(cols)), out(static_cast<size_t>(cols));
+    std::vector<float> block_max;
+    // 16-bit storage: widen one row into fp32 scratch, compute, narrow.
+    std::vector<float> in(wide ? 0 : static_cast<size_t>(cols)), out(wide ? 0 : static_cast<size_t>(cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      load_row(p.x, p.dtype, r * p.x_row_stride, cols, in.data());
-      softmax_row(in.data(), out.data(), cols, p.variant);
-      store_row(p.y, p.dtype, r * p.y_row_stride, cols, out.data());
+      if (wide) {
+        softmax_row(static_cast<const float*>(p.x) + r * p.x_row_stride, static_cast<float*>(p.y) + r * p.y_row_stride,
+                    cols, p.variant, block_max);
+      } else {
+        load_row(p.x, p.dtype, r * p.x_row_stride, cols, in.data());
+        softmax_row(in.data(), out.data(), cols, p.variant, block_max);
+        store_row(p.y, p.dtype, r * p.y_row_stride, cols, out.data());
+      }
     }
   }
   return Status::Ok();
