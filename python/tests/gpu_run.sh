@@ -17,12 +17,12 @@ rc=$?
 s_build="build rc=$rc ($(( $(date +%s) - t0 ))s, archs $FLASHATTN_CUDA_ARCHS, head dims $FLASHATTN_HEADDIMS)"
 if [ $rc -ne 0 ]; then grep -E "error|FAILED" "$OUT/build.log" | head -30; echo "$s_build"; exit 1; fi
 t0=$(date +%s)
-(cd python/tests && timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -q -rs -p no:cacheprovider --durations=8 . >"$OUT/pytest.log" 2>&1)
+(cd python/tests && timeout "${PYTEST_TIMEOUT:-150}" python3 -m pytest -q -rs -p no:cacheprovider --durations=8 . >"$OUT/pytest.log" 2>&1)
 s_test="pytest rc=$? ($(( $(date +%s) - t0 ))s): $(tail -1 "$OUT/pytest.log")"
 grep -E "^FAILED|^ERROR|Error:|assert" "$OUT/pytest.log" | head -40
 grep -E "^SKIPPED" "$OUT/pytest.log" | head -20
-(cd /tmp && timeout 90 python3 "$OLDPWD/python/bench/overhead.py" >"$OUT/overhead.txt" 2>&1); s_bench="overhead.py rc=$?"
-(cd /tmp && timeout 60 python3 "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1); s_train="train_tiny rc=$? $(tail -1 "$OUT/train_tiny.txt")"
+(cd /tmp && timeout 60 python3 "$OLDPWD/python/bench/overhead.py" >"$OUT/overhead.txt" 2>&1); s_bench="overhead.py rc=$?"
+(cd /tmp && timeout 40 python3 "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1); s_train="train_tiny rc=$? $(tail -1 "$OUT/train_tiny.txt")"
 echo "######## $CARD"
 cat "$OUT/overhead.txt"
 echo "$s_build"; echo "$s_test"; echo "$s_bench"; echo "$s_train"
