@@ -150,6 +150,8 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
     BENCH_CUDA(cudaGetLastError());
     if (!st.ok()) {
       row.error = status_text(st);
+      // A failed launch may have broken the context: find out now.
+      if (st.code == StatusCode::kCudaError) BENCH_CUDA(cudaDeviceSynchronize());
       cleanup();
       return;
     }
@@ -188,7 +190,9 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
     }
     row.ms = median(t);
     row.reps = reps;
-  } catch (...) {
+  } catch (const CudaError& e) {
+    row.error = (row.error.empty() ? "" : row.error + "; ") + "CUDA error: " + e.what();
+    row.ms = -1;
     cleanup();
     throw;
   }
@@ -532,10 +536,13 @@ int run_gpu(const Options& o) {
     try {
       run_group(s, g, pool);
     } catch (const CudaError& e) {
-      // Attribute the failure to the first row without a result; an error that
-      // sticks (illegal address, ...) poisons the context for the rest of the run.
+      // time_gpu names the row that failed; a failure outside it (allocation,
+      // upload) goes to the first row without a result. An error that sticks
+      // (illegal address, ...) poisons the context for the rest of the run.
+      bool named = false;
+      for (Row* r : g) named |= r->error.find(e.what()) != std::string::npos;
       for (Row* r : g)
-        if (r->ms < 0 && r->error.empty()) {
+        if (!named && r->ms < 0 && r->error.empty()) {
           r->error = std::string("CUDA error: ") + e.what();
           break;
         }
