@@ -96,7 +96,6 @@ Status fa2_backward(const BwdParams& p) {
   k.head_dim = p.head_dim;
   k.head_dim_pad = head_dim_pad;
   k.num_m_blocks = (p.seqlen_q + fa2bwd::kBlockM - 1) / fa2bwd::kBlockM;
-  k.num_n_blocks = (p.seqlen_k + fa2bwd::kBlockN - 1) / fa2bwd::kBlockN;
   k.seqlen_q_pad = k.num_m_blocks * fa2bwd::kBlockM;
   k.window_left = mask.window_left;
   k.window_right = mask.window_right;
@@ -108,7 +107,7 @@ Status fa2_backward(const BwdParams& p) {
   k.deterministic = p.deterministic;
 
   // Workspace: D, the fp32 dQ accumulator and (deterministic) the per-Q-block semaphores.
-  const int64_t split = head_dim_pad > 128 ? 2 : 1;
+  const int64_t split = fa2bwd::bwd_split(static_cast<int>(head_dim_pad));
   const int64_t n_delta = p.batch * p.heads_q * k.seqlen_q_pad;
   const int64_t n_accum = n_delta * head_dim_pad;
   const int64_t n_sem = p.deterministic ? split * p.batch * p.heads_q * k.num_m_blocks : 0;

@@ -34,30 +34,25 @@ namespace flashattn {
 namespace cuda {
 namespace fa2bwd {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-
 // Shared memory row stride (elements) of a [rows, kD] tile: 16 bytes of padding
 // make the 8 rows read by one ldmatrix phase hit distinct banks.
 template <int kD>
 constexpr int smem_stride() {
   return kD + 8;
 }
-constexpr int kDsStride = kBlockM + 8;
-
-template <int kD>
+template <int kD, int kBlockN, int kStages>
 constexpr size_t smem_bytes() {
-  return (size_t)(2 * kBlockN + 2 * kBlockM) * smem_stride<kD>() * 2 + (size_t)kBlockN * kDsStride * 2 +
-         2 * kBlockM * sizeof(float);
+  return (size_t)(2 * kBlockN + 2 * kStages * kBlockM) * smem_stride<kD>() * 2 + (size_t)kBlockN * (kBlockM + 8) * 2 +
+         2 * kStages * kBlockM * sizeof(float);
 }
 
 // Async copy of a [kRows, kD] tile (rows >= valid_rows and columns >= head_dim
 // are zero-filled) from a strided global tensor into shared memory.
-template <typename T, int kRows, int kD>
+template <typename T, int kRows, int kD, int kThreadsCta>
 __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t row_stride, int64_t valid_rows,
                                           int64_t head_dim) {
   constexpr int kChunks = kD / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreadsCta) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool valid = r < valid_rows && col < head_dim;
     const T* src = valid ? gmem + r * row_stride + col : gmem;
@@ -121,41 +116,65 @@ __device__ __forceinline__ int ld_acquire(const int* ptr) {
   return v;
 }
 
-// The main kernel. kD: instantiated (padded) head dim; kSplit: CTAs per key
-// block, each owning kD / kSplit output columns.
-template <typename T, int kD, int kSplit>
-__global__ void __launch_bounds__(kThreads) bwd_main(KernelParams p) {
+// dq_accum[0..3] += v[0..3] (16-byte aligned): one vector reduction on sm_90.
+__device__ __forceinline__ void red_add_f32x4(float* dst, float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(a), "f"(b), "f"(c), "f"(d)
+               : "memory");
+#else
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+  atomicAdd(dst + 2, c);
+  atomicAdd(dst + 3, d);
+#endif
+}
+
+// The main kernel. kD: instantiated (padded) head dim; kWarps: warps per CTA
+// (Bc = 16 * kWarps key rows); kSplit: CTAs per key block, each owning kD / kSplit
+// output columns; kStages: 2 = the next Q block's tiles load during this one.
+template <typename T, int kD, int kWarps, int kSplit, int kStages>
+__global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
+  constexpr int kThreadsCta = 32 * kWarps;
+  constexpr int kBlockN = 16 * kWarps;
   constexpr int kDh = kD / kSplit;  // output columns of this CTA
   constexpr int kS = smem_stride<kD>();
-  constexpr int kNT = kBlockM / 8;   // n-tiles of S^T / dP^T per warp (16 x Br)
-  constexpr int kOT = kDh / 8;       // n-tiles of dK / dV per warp (16 x kDh)
-  static_assert(kDh % 32 == 0, "output columns are processed in chunks of 32");
+  constexpr int kNT = kBlockM / 8;  // n-tiles of S^T / dP^T per warp (16 x Br)
+  constexpr int kOT = kDh / 8;      // n-tiles of dK / dV per warp (16 x kDh)
+  constexpr int kColGroups = kWarps / 4;     // dQ: 4 groups of 16 query rows x kColGroups column groups
+  constexpr int kDq = kDh / kColGroups;      // dQ columns per warp
+  constexpr int kDsStride = kBlockM + 8;
+  static_assert(kDq % 16 == 0, "dQ columns are processed in chunks of 16");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kBlockN * kS;
-  T* sQ = sV + kBlockN * kS;
-  T* sdO = sQ + kBlockM * kS;
-  T* sdS = sdO + kBlockM * kS;  // dS^T: [kBlockN][kDsStride]
-  float* sLse = reinterpret_cast<float*>(sdS + kBlockN * kDsStride);
-  float* sDelta = sLse + kBlockM;
+  T* sQ = sV + kBlockN * kS;            // kStages x [kBlockM][kS]
+  T* sdO = sQ + kStages * kBlockM * kS;  // kStages x [kBlockM][kS]
+  T* sdS = sdO + kStages * kBlockM * kS;  // dS^T: [kBlockN][kDsStride]
+  float* sLse = reinterpret_cast<float*>(sdS + kBlockN * kDsStride);  // kStages x kBlockM
+  float* sDelta = sLse + kStages * kBlockM;
 
-  const int n_block = blockIdx.x / kSplit, half = blockIdx.x % kSplit;
+  // Deterministic mode adds dQ in decreasing key-block order (see the wait
+  // below), so it hands the highest key blocks the lowest block indices: they
+  // are scheduled first and no CTA waits for one that is not resident yet.
+  const int64_t num_n = p.num_n_blocks;
+  const int64_t n_block = p.deterministic ? num_n - 1 - blockIdx.x / kSplit : blockIdx.x / kSplit;
+  const int half = blockIdx.x % kSplit;
   const int64_t hk = blockIdx.y, b = blockIdx.z;
   const int col0 = half * kDh;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  const int64_t j0 = (int64_t)n_block * kBlockN;
+  const int64_t j0 = n_block * kBlockN;
   const int64_t off = p.seqlen_k - p.seqlen_q;  // bottom-right alignment of the mask
   const int64_t wl = p.window_left, wr = p.window_right;
 
   // K_j, V_j: loaded once.
-  load_tile<T, kBlockN, kD>(sK, static_cast<const T*>(p.k) + b * p.k_batch_stride + j0 * p.k_row_stride +
-                                    hk * p.k_head_stride,
-                            p.k_row_stride, p.seqlen_k - j0, p.head_dim);
-  load_tile<T, kBlockN, kD>(sV, static_cast<const T*>(p.v) + b * p.v_batch_stride + j0 * p.v_row_stride +
-                                    hk * p.v_head_stride,
-                            p.v_row_stride, p.seqlen_k - j0, p.head_dim);
+  load_tile<T, kBlockN, kD, kThreadsCta>(sK, static_cast<const T*>(p.k) + b * p.k_batch_stride +
+                                                 j0 * p.k_row_stride + hk * p.k_head_stride,
+                                         p.k_row_stride, p.seqlen_k - j0, p.head_dim);
+  load_tile<T, kBlockN, kD, kThreadsCta>(sV, static_cast<const T*>(p.v) + b * p.v_batch_stride +
+                                                 j0 * p.v_row_stride + hk * p.v_head_stride,
+                                         p.v_row_stride, p.seqlen_k - j0, p.head_dim);
   sm80::cp_async_commit();
 
   // Query rows that see at least one key of [j0, j_last] (mask.h, inverted).
@@ -164,7 +183,32 @@ __global__ void __launch_bounds__(kThreads) bwd_main(KernelParams p) {
   if (wr >= 0) i_lo = max(i_lo, j0 - off - wr);
   if (wl >= 0) i_hi = min(i_hi, j_last - off + wl);
   const int64_t m_begin = i_lo / kBlockM;
-  const int64_t m_end = i_lo <= i_hi ? i_hi / kBlockM + 1 : m_begin;
+  const int64_t num_m = i_lo <= i_hi ? i_hi / kBlockM + 1 - m_begin : 0;
+  const int64_t total = num_m * p.group;  // (query head of the group, Q block) pairs
+
+  // Issue the loads of pair `it` into stage `stage`: Q and dO tiles (cp.async), LSE and D.
+  auto load_q_block = [&](int64_t it, int stage) {
+    const int64_t h = hk * p.group + it / num_m;
+    const int64_t i0 = (m_begin + it % num_m) * kBlockM;
+    load_tile<T, kBlockM, kD, kThreadsCta>(sQ + stage * kBlockM * kS,
+                                           static_cast<const T*>(p.q) + b * p.q_batch_stride +
+                                               i0 * p.q_row_stride + h * p.q_head_stride,
+                                           p.q_row_stride, p.seqlen_q - i0, p.head_dim);
+    load_tile<T, kBlockM, kD, kThreadsCta>(sdO + stage * kBlockM * kS,
+                                           static_cast<const T*>(p.dout) + b * p.do_batch_stride +
+                                               i0 * p.do_row_stride + h * p.do_head_stride,
+                                           p.do_row_stride, p.seqlen_q - i0, p.head_dim);
+    if (tid < kBlockM) {
+      const int64_t i = i0 + tid;
+      float l = -INFINITY;
+      if (i < p.seqlen_q) l = p.lse[(b * p.heads_q + h) * p.seqlen_q + i];
+      // A fully masked row (LSE = -inf) or a padded row: P = exp2(x - inf) = 0, never NaN.
+      sLse[stage * kBlockM + tid] = l == -INFINITY ? INFINITY : l * kLog2e;
+      sDelta[stage * kBlockM + tid] = p.delta[(b * p.heads_q + h) * p.seqlen_q_pad + i];
+    }
+  };
+  if (kStages == 2 && total > 0) load_q_block(0, 0);
+  sm80::cp_async_commit();
 
   float acc_dk[kOT][4], acc_dv[kOT][4];
 #pragma unroll
@@ -173,186 +217,190 @@ __global__ void __launch_bounds__(kThreads) bwd_main(KernelParams p) {
     for (int e = 0; e < 4; ++e) acc_dk[n][e] = acc_dv[n][e] = 0.0f;
 
   const uint32_t sK_base = sm80::smem_addr(sK), sV_base = sm80::smem_addr(sV);
-  const uint32_t sQ_base = sm80::smem_addr(sQ), sdO_base = sm80::smem_addr(sdO);
   const uint32_t sdS_base = sm80::smem_addr(sdS);
   // ldmatrix lane offsets (elements), see mma_sm80.cuh for the fragment layouts.
-  const int a_row = lane & 15, a_col = (lane >> 4) * 8;                     // A, row-major [m][k]
-  const int b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;  // B from [n][k]
+  const int a_row = lane & 15, a_col = (lane >> 4) * 8;                                // A from [m][k]
+  const int b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;   // B from [n][k]
   const int bt_row = (lane & 7) + (((lane >> 3) & 1) << 3), bt_col = (lane >> 4) * 8;  // B from [k][n], .trans
   const int at_row = (lane & 7) + ((lane >> 4) << 3), at_col = ((lane >> 3) & 1) * 8;  // A from [k][m], .trans
 
-  for (int64_t hg = 0; hg < p.group; ++hg) {
-    const int64_t h = hk * p.group + hg;
-    for (int64_t m = m_begin; m < m_end; ++m) {
-      const int64_t i0 = m * kBlockM;
-      __syncthreads();  // the previous iteration is done with sQ, sdO, sdS, sLse, sDelta
-      load_tile<T, kBlockM, kD>(sQ, static_cast<const T*>(p.q) + b * p.q_batch_stride + i0 * p.q_row_stride +
-                                        h * p.q_head_stride,
-                                p.q_row_stride, p.seqlen_q - i0, p.head_dim);
-      load_tile<T, kBlockM, kD>(sdO, static_cast<const T*>(p.dout) + b * p.do_batch_stride +
-                                         i0 * p.do_row_stride + h * p.do_head_stride,
-                                p.do_row_stride, p.seqlen_q - i0, p.head_dim);
+  for (int64_t it = 0; it < total; ++it) {
+    const int stage = kStages == 2 ? int(it & 1) : 0;
+    const int64_t h = hk * p.group + it / num_m;
+    const int64_t m = m_begin + it % num_m;
+    const int64_t i0 = m * kBlockM;
+    if (kStages == 2) {
+      // Prefetch the next pair into the other stage: its last readers finished
+      // before the previous iteration's dS barrier.
+      if (it + 1 < total) load_q_block(it + 1, stage ^ 1);
       sm80::cp_async_commit();
-      if (tid < kBlockM) {
-        const int64_t i = i0 + tid;
-        float l = -INFINITY;
-        if (i < p.seqlen_q) l = p.lse[(b * p.heads_q + h) * p.seqlen_q + i];
-        // A fully masked row (LSE = -inf) or a padded row: P = exp2(x - inf) = 0, never NaN.
-        sLse[tid] = l == -INFINITY ? INFINITY : l * kLog2e;
-        sDelta[tid] = p.delta[(b * p.heads_q + h) * p.seqlen_q_pad + i];
-      }
+      sm80::cp_async_wait<1>();
+    } else {
+      __syncthreads();  // the previous iteration is done with sQ, sdO, sLse, sDelta
+      load_q_block(it, 0);
+      sm80::cp_async_commit();
       sm80::cp_async_wait<0>();
-      __syncthreads();
+    }
+    __syncthreads();  // tiles of this pair visible; the previous dQ is done with sdS
+    const uint32_t sQ_base = sm80::smem_addr(sQ + stage * kBlockM * kS);
+    const uint32_t sdO_base = sm80::smem_addr(sdO + stage * kBlockM * kS);
+    const float* lse2 = sLse + stage * kBlockM;
+    const float* delta = sDelta + stage * kBlockM;
 
-      // S^T = K_w Q^T (B1), 16 x Br per warp; dP^T = V_w dO^T (B4).
-      float acc_s[kNT][4], acc_dp[kNT][4];
+    // S^T = K_w Q^T (B1), 16 x Br per warp; dP^T = V_w dO^T (B4).
+    float acc_s[kNT][4], acc_dp[kNT][4];
 #pragma unroll
-      for (int n = 0; n < kNT; ++n)
+    for (int n = 0; n < kNT; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc_s[n][e] = acc_dp[n][e] = 0.0f;
+      for (int e = 0; e < 4; ++e) acc_s[n][e] = acc_dp[n][e] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        uint32_t ak[4], av[4];
-        sm80::ldmatrix_x4(ak, sK_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
-        sm80::ldmatrix_x4(av, sV_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      sm80::ldmatrix_x4(ak, sK_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
+      sm80::ldmatrix_x4(av, sV_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
 #pragma unroll
-        for (int nn = 0; nn < kBlockM / 16; ++nn) {
-          uint32_t bq[4], bo[4];
-          sm80::ldmatrix_x4(bq, sQ_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
-          sm80::ldmatrix_x4(bo, sdO_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
-          sm80::mma_16816<T>(acc_s[2 * nn], ak, bq[0], bq[1]);
-          sm80::mma_16816<T>(acc_s[2 * nn + 1], ak, bq[2], bq[3]);
-          sm80::mma_16816<T>(acc_dp[2 * nn], av, bo[0], bo[1]);
-          sm80::mma_16816<T>(acc_dp[2 * nn + 1], av, bo[2], bo[3]);
-        }
-      }
-
-      // P^T = exp(s - LSE) (B2), with the mask and the softcap; in the log2 domain.
-      const int64_t i_last = min(i0 + kBlockM, p.seqlen_q) - 1;
-      const bool need_mask = i0 + kBlockM > p.seqlen_q || j0 + kBlockN > p.seqlen_k ||
-                             (wr >= 0 && j_last > i0 + off + wr) || (wl >= 0 && j0 < i_last + off - wl);
-#pragma unroll
-      for (int n = 0; n < kNT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ic = n * 8 + 2 * t + (e & 1);
-          float x = p.softcap > 0.0f ? tanhf(acc_s[n][e] * p.softcap_in) * p.softcap_log2
-                                     : acc_s[n][e] * p.scale_log2;
-          if (need_mask) {
-            const int64_t i = i0 + ic, j = j0 + warp * 16 + g + (e >> 1) * 8;
-            const bool visible = j < p.seqlen_k && (wr < 0 || j <= i + off + wr) && (wl < 0 || j >= i + off - wl);
-            if (!visible) x = -INFINITY;
-          }
-          acc_s[n][e] = sm80::exp2_approx(x - sLse[ic]);
-        }
-
-      // dV_w += P^T dO (B5).
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
-                               sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
-                               sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
-                               sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
-#pragma unroll
-        for (int nn = 0; nn < kDh / 16; ++nn) {
-          uint32_t bo[4];
-          sm80::ldmatrix_x4_trans(bo, sdO_base + ((kk * 16 + bt_row) * kS + col0 + nn * 16 + bt_col) * 2);
-          sm80::mma_16816<T>(acc_dv[2 * nn], a, bo[0], bo[1]);
-          sm80::mma_16816<T>(acc_dv[2 * nn + 1], a, bo[2], bo[3]);
-        }
-      }
-
-      // dS^T = P^T * (dP^T - D) (B6), times the softcap derivative 1 - tanh^2 (B7).
-#pragma unroll
-      for (int n = 0; n < kNT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ic = n * 8 + 2 * t + (e & 1);
-          const float pv = acc_s[n][e];
-          float ds = pv * (acc_dp[n][e] - sDelta[ic]);
-          if (p.softcap > 0.0f) {
-            // tanh recovered from P: s = ln P + LSE, tanh = s / softcap (P = 0 -> dS = 0).
-            const float th = (log2f(pv) + sLse[ic]) / p.softcap_log2;
-            ds = pv > 0.0f ? ds * (1.0f - th * th) : 0.0f;
-          }
-          acc_s[n][e] = ds;
-        }
-
-      // dK_w += dS^T Q (B8, scale applied at the end).
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
-                               sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
-                               sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
-                               sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
-        // dS^T to shared memory for dQ (the same rounded values the dK GEMM uses).
-        const int r = warp * 16 + g, c = kk * 16 + 2 * t;
-        *reinterpret_cast<uint32_t*>(sdS + r * kDsStride + c) = a[0];
-        *reinterpret_cast<uint32_t*>(sdS + (r + 8) * kDsStride + c) = a[1];
-        *reinterpret_cast<uint32_t*>(sdS + r * kDsStride + c + 8) = a[2];
-        *reinterpret_cast<uint32_t*>(sdS + (r + 8) * kDsStride + c + 8) = a[3];
-#pragma unroll
-        for (int nn = 0; nn < kDh / 16; ++nn) {
-          uint32_t bq[4];
-          sm80::ldmatrix_x4_trans(bq, sQ_base + ((kk * 16 + bt_row) * kS + col0 + nn * 16 + bt_col) * 2);
-          sm80::mma_16816<T>(acc_dk[2 * nn], a, bq[0], bq[1]);
-          sm80::mma_16816<T>(acc_dk[2 * nn + 1], a, bq[2], bq[3]);
-        }
-      }
-      __syncthreads();  // sdS complete
-
-      // dQ_i += dS K_j (B9): warp w owns query rows [16w, 16w + 16).
-      uint32_t ads[kBlockN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        sm80::ldmatrix_x4_trans(ads[kk], sdS_base + ((kk * 16 + at_row) * kDsStride + warp * 16 + at_col) * 2);
-      int* sem = nullptr;
-      if (p.deterministic) {
-        // Contributions to dQ_i are added in increasing key-block order: wait for
-        // the key blocks before this one that see Q block m.
-        int64_t n_first = 0;
-        if (wl >= 0) n_first = max((int64_t)0, i0 + off - wl) / kBlockN;
-        sem = p.dq_sem + ((half * p.batch + b) * p.heads_q + h) * p.num_m_blocks + m;
-        if (tid == 0)
-          while (ld_acquire(sem) != n_block - n_first) {
-          }
-        __syncthreads();
-      }
-      float* dqa = p.dq_accum + ((b * p.heads_q + h) * p.seqlen_q_pad + i0 + warp * 16 + g) * p.head_dim_pad;
-#pragma unroll
-      for (int chunk = 0; chunk < kDh / 32; ++chunk) {
-        float acc[4][4];
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-          for (int nn = 0; nn < 2; ++nn) {
-            uint32_t bk[4];
-            sm80::ldmatrix_x4_trans(
-                bk, sK_base + ((kk * 16 + bt_row) * kS + col0 + chunk * 32 + nn * 16 + bt_col) * 2);
-            sm80::mma_16816<T>(acc[2 * nn], ads[kk], bk[0], bk[1]);
-            sm80::mma_16816<T>(acc[2 * nn + 1], ads[kk], bk[2], bk[3]);
-          }
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          const int c = col0 + chunk * 32 + n * 8 + 2 * t;
-          atomicAdd(dqa + c, acc[n][0]);
-          atomicAdd(dqa + c + 1, acc[n][1]);
-          atomicAdd(dqa + 8 * p.head_dim_pad + c, acc[n][2]);
-          atomicAdd(dqa + 8 * p.head_dim_pad + c + 1, acc[n][3]);
-        }
-      }
-      if (p.deterministic) {
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) atomicAdd(sem, 1);
+      for (int nn = 0; nn < kBlockM / 16; ++nn) {
+        uint32_t bq[4], bo[4];
+        sm80::ldmatrix_x4(bq, sQ_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
+        sm80::ldmatrix_x4(bo, sdO_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
+        sm80::mma_16816<T>(acc_s[2 * nn], ak, bq[0], bq[1]);
+        sm80::mma_16816<T>(acc_s[2 * nn + 1], ak, bq[2], bq[3]);
+        sm80::mma_16816<T>(acc_dp[2 * nn], av, bo[0], bo[1]);
+        sm80::mma_16816<T>(acc_dp[2 * nn + 1], av, bo[2], bo[3]);
       }
     }
+
+    // P^T = exp(s - LSE) (B2), with the mask and the softcap; in the log2 domain.
+    const int64_t i_last = min(i0 + kBlockM, p.seqlen_q) - 1;
+    const bool need_mask = i0 + kBlockM > p.seqlen_q || j0 + kBlockN > p.seqlen_k ||
+                           (wr >= 0 && j_last > i0 + off + wr) || (wl >= 0 && j0 < i_last + off - wl);
+#pragma unroll
+    for (int n = 0; n < kNT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ic = n * 8 + 2 * t + (e & 1);
+        float x = p.softcap > 0.0f ? tanhf(acc_s[n][e] * p.softcap_in) * p.softcap_log2
+                                   : acc_s[n][e] * p.scale_log2;
+        if (need_mask) {
+          const int64_t i = i0 + ic, j = j0 + warp * 16 + g + (e >> 1) * 8;
+          const bool visible = j < p.seqlen_k && (wr < 0 || j <= i + off + wr) && (wl < 0 || j >= i + off - wl);
+          if (!visible) x = -INFINITY;
+        }
+        acc_s[n][e] = sm80::exp2_approx(x - lse2[ic]);
+      }
+
+    // dV_w += P^T dO (B5).
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
+                             sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
+#pragma unroll
+      for (int nn = 0; nn < kDh / 16; ++nn) {
+        uint32_t bo[4];
+        sm80::ldmatrix_x4_trans(bo, sdO_base + ((kk * 16 + bt_row) * kS + col0 + nn * 16 + bt_col) * 2);
+        sm80::mma_16816<T>(acc_dv[2 * nn], a, bo[0], bo[1]);
+        sm80::mma_16816<T>(acc_dv[2 * nn + 1], a, bo[2], bo[3]);
+      }
+    }
+
+    // dS^T = P^T * (dP^T - D) (B6), times the softcap derivative 1 - tanh^2 (B7).
+#pragma unroll
+    for (int n = 0; n < kNT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ic = n * 8 + 2 * t + (e & 1);
+        const float pv = acc_s[n][e];
+        float ds = pv * (acc_dp[n][e] - delta[ic]);
+        if (p.softcap > 0.0f) {
+          // tanh recovered from P: s = ln P + LSE, tanh = s / softcap (P = 0 -> dS = 0).
+          const float th = (log2f(pv) + lse2[ic]) / p.softcap_log2;
+          ds = pv > 0.0f ? ds * (1.0f - th * th) : 0.0f;
+        }
+        acc_s[n][e] = ds;
+      }
+
+    // dK_w += dS^T Q (B8, scale applied at the end).
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
+                             sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
+      // dS^T to shared memory for dQ (the same rounded values the dK GEMM uses).
+      const int r = warp * 16 + g, c = kk * 16 + 2 * t;
+      *reinterpret_cast<uint32_t*>(sdS + r * kDsStride + c) = a[0];
+      *reinterpret_cast<uint32_t*>(sdS + (r + 8) * kDsStride + c) = a[1];
+      *reinterpret_cast<uint32_t*>(sdS + r * kDsStride + c + 8) = a[2];
+      *reinterpret_cast<uint32_t*>(sdS + (r + 8) * kDsStride + c + 8) = a[3];
+#pragma unroll
+      for (int nn = 0; nn < kDh / 16; ++nn) {
+        uint32_t bq[4];
+        sm80::ldmatrix_x4_trans(bq, sQ_base + ((kk * 16 + bt_row) * kS + col0 + nn * 16 + bt_col) * 2);
+        sm80::mma_16816<T>(acc_dk[2 * nn], a, bq[0], bq[1]);
+        sm80::mma_16816<T>(acc_dk[2 * nn + 1], a, bq[2], bq[3]);
+      }
+    }
+    __syncthreads();  // sdS complete
+
+    // dQ_i += dS K_j (B9): warp w owns query rows [16 (w % 4), +16) and
+    // columns [kDq (w / 4), +kDq) of this CTA's kDh.
+    const int rg = warp % 4, cq = col0 + (warp / 4) * kDq;
+    uint32_t ads[kBlockN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      sm80::ldmatrix_x4_trans(ads[kk], sdS_base + ((kk * 16 + at_row) * kDsStride + rg * 16 + at_col) * 2);
+    int* sem = nullptr;
+    if (p.deterministic) {
+      // Contributions to dQ_i are added in decreasing key-block order: wait until
+      // the key blocks above this one that see Q block m have added theirs.
+      int64_t j_top = p.seqlen_k - 1;
+      if (wr >= 0) j_top = min(j_top, i_last + off + wr);
+      const int64_t n_last = j_top / kBlockN;
+      sem = p.dq_sem + ((half * p.batch + b) * p.heads_q + h) * p.num_m_blocks + m;
+      if (tid == 0)
+        while (ld_acquire(sem) != n_last - n_block) {
+        }
+      __syncthreads();
+    }
+    // Thread pairs (t, t ^ 1) swap halves so each adds 4 consecutive floats of
+    // one row: even t row g, odd t row g + 8.
+    const bool odd = t & 1;
+    float* dqa = p.dq_accum + ((b * p.heads_q + h) * p.seqlen_q_pad + i0 + rg * 16 + g + (odd ? 8 : 0)) *
+                                  p.head_dim_pad;
+#pragma unroll
+    for (int chunk = 0; chunk < kDq / 16; ++chunk) {
+      float acc[2][4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t bk[4];
+        sm80::ldmatrix_x4_trans(bk, sK_base + ((kk * 16 + bt_row) * kS + cq + chunk * 16 + bt_col) * 2);
+        sm80::mma_16816<T>(acc[0], ads[kk], bk[0], bk[1]);
+        sm80::mma_16816<T>(acc[1], ads[kk], bk[2], bk[3]);
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        const float s0 = odd ? acc[n][0] : acc[n][2], s1 = odd ? acc[n][1] : acc[n][3];
+        const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+        const int c = cq + chunk * 16 + n * 8 + 2 * (t & ~1);
+        if (odd)
+          red_add_f32x4(dqa + c, r0, r1, acc[n][2], acc[n][3]);
+        else
+          red_add_f32x4(dqa + c, acc[n][0], acc[n][1], r0, r1);
+      }
+    }
+    if (p.deterministic) {
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) atomicAdd(sem, 1);
+    }
   }
-  sm80::cp_async_wait<0>();  // K/V copies in flight when no Q block was visited
+  sm80::cp_async_wait<0>();  // copies in flight when no Q block was visited
 
   // Epilogue: dK = scale * acc_dk, dV = acc_dv, in the dtype (rows past seqlen_k dropped).
 #pragma unroll
@@ -374,18 +422,22 @@ __global__ void __launch_bounds__(kThreads) bwd_main(KernelParams p) {
 
 // Runs the three kernels for one instantiated head dim (fa2_bwd_hdimNNN_*.cu).
 template <typename T, int kD>
-Status launch(const KernelParams& p, cudaStream_t stream) {
-  constexpr int kSplit = kD > 128 ? 2 : 1;
+Status launch(const KernelParams& params, cudaStream_t stream) {
+  constexpr int kWarps = bwd_warps(kD), kSplit = bwd_split(kD), kStages = bwd_stages(kD);
+  constexpr int kBlockN = bwd_block_n(kD);
+  KernelParams p = params;
+  p.num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+
   const int rows_per_block = 256 / 32;
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q_pad;
   bwd_preprocess<T><<<(unsigned)((rows + rows_per_block - 1) / rows_per_block), 256, 0, stream>>>(p);
   FA_CUDA_CHECK_LAUNCH("fa2 bwd preprocess");
 
-  constexpr size_t smem = smem_bytes<kD>();
-  auto kernel = bwd_main<T, kD, kSplit>;
+  constexpr size_t smem = smem_bytes<kD, kBlockN, kStages>();
+  auto kernel = bwd_main<T, kD, kWarps, kSplit, kStages>;
   FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const dim3 grid((unsigned)(p.num_n_blocks * kSplit), (unsigned)p.heads_kv, (unsigned)p.batch);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, 32 * kWarps, smem, stream>>>(p);
   FA_CUDA_CHECK_LAUNCH("fa2 bwd main");
 
   const int64_t chunks = p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 8);

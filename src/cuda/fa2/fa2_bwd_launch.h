@@ -13,8 +13,18 @@ namespace flashattn {
 namespace cuda {
 namespace fa2bwd {
 
-constexpr int kBlockM = 64;   // query rows per Q block (Br)
-constexpr int kBlockN = 64;   // key rows per CTA (Bc)
+constexpr int kBlockM = 64;  // query rows per Q block (Br)
+
+// Tile configuration per instantiated head dim, shared by the host (workspace
+// sizes) and the kernels. Key rows per CTA (Bc) = 16 per warp.
+//   d <= 128: 8 warps, Bc = 128, Q/dO double-buffered (one CTA per SM).
+//   d >  128: 4 warps, Bc = 64, single-buffered, two CTAs per key block that each
+//             own half of the output columns (the dK + dV accumulators would not
+//             fit in registers otherwise).
+constexpr int bwd_warps(int head_dim_pad) { return head_dim_pad > 128 ? 4 : 8; }
+constexpr int bwd_block_n(int head_dim_pad) { return 16 * bwd_warps(head_dim_pad); }
+constexpr int bwd_split(int head_dim_pad) { return head_dim_pad > 128 ? 2 : 1; }
+constexpr int bwd_stages(int head_dim_pad) { return head_dim_pad > 128 ? 1 : 2; }
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Everything the kernels read; built once on the host (fa2_bwd.cu).
@@ -45,7 +55,8 @@ struct KernelParams {
   int64_t head_dim;      // real head dim (multiple of 8)
   int64_t head_dim_pad;  // instantiated head dim (row length of dq_accum)
   int64_t seqlen_q_pad;  // seqlen_q rounded up to kBlockM
-  int64_t num_m_blocks, num_n_blocks;
+  int64_t num_m_blocks;
+  int64_t num_n_blocks;  // set by launch() from the tile configuration
   int64_t window_left, window_right;  // effective (causal folded in), -1 = unbounded
 
   float scale;         // softmax scale
