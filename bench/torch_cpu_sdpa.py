@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Time PyTorch's CPU scaled_dot_product_attention, the baseline of the flashattn
-CPU backend (docs/cpu-backend.md). Prints one line per shape: ms (median) and GFLOPS.
+CPU backend (docs/cpu-backend.md). Prints one line per shape: median wall ms and
+GFLOPS, and median process CPU time / threads (the fairer number on a machine
+shared with other jobs: time the process was actually running).
 
 FLOPs follow FlashAttention: fwd 4*B*H*Nq*Nk*D (halved when causal), bwd 2.5x fwd.
 
@@ -17,18 +19,20 @@ import torch.nn.functional as F
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def time_ms(fn, reps, warmup=2):
+def time_ms(fn, reps, threads, warmup=2):
+    """Median wall ms, and median process CPU ms / threads (robust on a shared, loaded machine)."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3 / threads)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def bench(b, h, n, nk, d, causal, dtype, bwd, reps):
+def bench(b, h, n, nk, d, causal, dtype, bwd, reps, threads):
     g = torch.Generator().manual_seed(0)
     # torch layout [B, H, N, D]; values N(0, 1), never zeros.
     q = torch.randn(b, h, n, d, generator=g, dtype=torch.float32).to(dtype)
@@ -37,7 +41,7 @@ def bench(b, h, n, nk, d, causal, dtype, bwd, reps):
     flops = 4.0 * b * h * n * nk * d / (2 if causal else 1)
     if not bwd:
         with torch.no_grad():
-            ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), reps)
+            ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), reps, threads)
         return ms, flops
     q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -46,7 +50,7 @@ def bench(b, h, n, nk, d, causal, dtype, bwd, reps):
     def step():
         torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
 
-    return time_ms(step, reps), 2.5 * flops
+    return time_ms(step, reps, threads), 2.5 * flops
 
 
 def main():
@@ -68,9 +72,11 @@ def main():
           f"threads {torch.get_num_threads()}")
     for d in a.d:
         for causal in a.causal:
-            ms, flops = bench(a.b, a.h, a.n, nk, d, bool(causal), DTYPES[a.dtype], a.bwd, a.reps)
+            (ms, cpu_ms), flops = bench(a.b, a.h, a.n, nk, d, bool(causal), DTYPES[a.dtype], a.bwd, a.reps,
+                                        a.threads)
             print(f"torch_sdpa {'bwd' if a.bwd else 'fwd'} {a.dtype} B={a.b} H={a.h} Nq={a.n} Nk={nk} D={d} "
-                  f"causal={causal}: {ms:9.2f} ms {flops / ms / 1e6:8.1f} GFLOPS")
+                  f"causal={causal}: wall {ms:9.2f} ms {flops / ms / 1e6:6.1f} GFLOPS | "
+                  f"cpu/thread {cpu_ms:9.2f} ms {flops / cpu_ms / 1e6:6.1f} GFLOPS")
 
 
 if __name__ == "__main__":

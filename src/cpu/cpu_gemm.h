@@ -34,6 +34,15 @@ void softcap_row(float* x, int64_t n, float cap);
 // (s the capped scores, so s / cap = tanh; the factor is clamped at 0 so masked
 // scores s = -inf with p = 0 give 0). s may be null when cap == 0.
 void ds_row(const float* p, const float* dp, const float* s, float* ds, int64_t n, float delta, float cap);
+// The online-softmax step of the forward for one S tile [rows x n] (ld), in
+// base 2: the scores are pre-multiplied by log2(e), so exp(x) becomes exp2(x),
+// the same formula as online_softmax.h, equations (3)-(4). Per row r:
+//   m' = max(row_max[r], max_j S[r][j]); where m' > row_max[r], row_sum[r] and
+//   O[r][0, no) are multiplied by exp2(row_max[r] - m'); then S[r][j] = exp2(S[r][j] - m')
+//   (0 for -inf) and row_sum[r] += sum_j S[r][j]. A row whose block is all -inf gets P = 0
+//   and keeps its statistics. n and no are multiples of kColPad.
+void softmax_block_log2(float* S, int64_t ld, int64_t rows, int64_t n, float* row_max, float* row_sum, float* O,
+                        int64_t ldo, int64_t no);
 // sum_j a[j] * b[j], j < n.
 float dot(const float* a, const float* b, int64_t n);
 

@@ -6,8 +6,9 @@
 //
 // GEMM micro-kernel: an MR x (NR vectors) block of C lives in registers; for
 // every k one row of B (NR vectors) is loaded and MR elements of A are
-// broadcast, giving MR * NR FMAs per MR + NR loads. MR = 4, NR = 3 uses
-// 12 accumulators + 3 B vectors + 1 broadcast = the 16 AVX2 registers.
+// broadcast, giving MR * NR FMAs per MR + NR loads. MR = 6, NR = 2 uses
+// 12 accumulators + 2 B vectors + 1 broadcast of the 16 AVX2 registers, and
+// 16-column panels divide every padded width (kColPad).
 // Column panels of B (K x NR vectors) are the outer loop so a panel stays in
 // L1 while the row tiles of A stream past it.
 #include "cpu/cpu_gemm.h"
@@ -56,25 +57,27 @@ HWY_INLINE void GemmTile(int64_t K, const float* HWY_RESTRICT A, int64_t lda, co
 template <int NR, bool kTransA>
 HWY_INLINE void GemmPanel(int64_t M, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                           int64_t ldc, bool acc) {
-  constexpr int MR = 4;
+  auto a_at = [&](int64_t r) { return kTransA ? A + r : A + r * lda; };
   int64_t r = 0;
-  for (; r + MR <= M; r += MR) {
-    const float* a = kTransA ? A + r : A + r * lda;
-    GemmTile<MR, NR, kTransA>(K, a, lda, B, ldb, C + r * ldc, ldc, acc);
+  for (; r + 6 <= M; r += 6) GemmTile<6, NR, kTransA>(K, a_at(r), lda, B, ldb, C + r * ldc, ldc, acc);
+  if (r + 4 <= M) {
+    GemmTile<4, NR, kTransA>(K, a_at(r), lda, B, ldb, C + r * ldc, ldc, acc);
+    r += 4;
   }
-  for (; r < M; ++r) {
-    const float* a = kTransA ? A + r : A + r * lda;
-    GemmTile<1, NR, kTransA>(K, a, lda, B, ldb, C + r * ldc, ldc, acc);
+  if (r + 2 <= M) {
+    GemmTile<2, NR, kTransA>(K, a_at(r), lda, B, ldb, C + r * ldc, ldc, acc);
+    r += 2;
   }
+  if (r < M) GemmTile<1, NR, kTransA>(K, a_at(r), lda, B, ldb, C + r * ldc, ldc, acc);
 }
 
+// Column panels of 2 vectors (6 x 2 tiles: 12 accumulators), then one vector.
 template <bool kTransA>
 HWY_INLINE void GemmT(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
                       float* C, int64_t ldc, bool acc) {
   const DF d;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   int64_t j = 0;
-  for (; j + 3 * L <= N; j += 3 * L) GemmPanel<3, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
   for (; j + 2 * L <= N; j += 2 * L) GemmPanel<2, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
   for (; j + L <= N; j += L) GemmPanel<1, kTransA>(M, K, A, lda, B + j, ldb, C + j, ldc, acc);
 }
@@ -161,6 +164,71 @@ void DsRowImpl(const float* p, const float* dp, const float* s, float* ds, int64
   for (; j < n; ++j) ds[j] = p[j] * (dp[j] - delta);
 }
 
+// 2^x for x <= 0 (scores minus their running max): x = n + f with n = round(x),
+// f in [-0.5, 0.5]; 2^f by its degree-7 Taylor polynomial (truncation < 1e-8,
+// so ~1 ulp in fp32), 2^n by building the exponent bits. x < -126 (and -inf)
+// gives 0. Cheaper than hn::Exp, which handles the full range.
+HWY_INLINE VF Exp2NonPositive(DF d, VF x) {
+  const hn::RebindToSigned<DF> di;
+  const VF lo = hn::Set(d, -126.0f);
+  const VF xc = hn::Max(x, lo);
+  const VF n = hn::Round(xc);
+  const VF f = hn::Sub(xc, n);
+  VF p = hn::Set(d, 1.525273380405984e-05f);
+  p = hn::MulAdd(p, f, hn::Set(d, 1.5403530393381606e-04f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.3333558146428443e-03f));
+  p = hn::MulAdd(p, f, hn::Set(d, 9.618129107628477e-03f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.550410866482158e-02f));
+  p = hn::MulAdd(p, f, hn::Set(d, 2.402265069591007e-01f));
+  p = hn::MulAdd(p, f, hn::Set(d, 6.931471805599453e-01f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+  const VF pow2n = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127))));
+  return hn::IfThenZeroElse(hn::Lt(x, lo), hn::Mul(p, pow2n));
+}
+
+void SoftmaxBlockImpl(float* S, int64_t ld, int64_t rows, int64_t n, float* row_max, float* row_sum, float* O,
+                      int64_t ldo, int64_t no) {
+  const DF d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = S + r * ld;
+    VF vmax = hn::Set(d, -INFINITY);
+    for (int64_t j = 0; j < n; j += L) vmax = hn::Max(vmax, hn::LoadU(d, s + j));
+    const float block_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    if (block_max == -INFINITY) {  // nothing visible in this block: P = 0
+      for (int64_t j = 0; j < n; j += L) hn::StoreU(hn::Zero(d), d, s + j);
+      continue;
+    }
+    if (block_max > row_max[r]) {  // the max moved: rescale the running sum and O
+      if (row_max[r] != -INFINITY) {
+        const float alpha = std::exp2(row_max[r] - block_max);
+        row_sum[r] *= alpha;
+        const VF va = hn::Set(d, alpha);
+        float* o = O + r * ldo;
+        for (int64_t j = 0; j < no; j += L) hn::StoreU(hn::Mul(hn::LoadU(d, o + j), va), d, o + j);
+      }
+      row_max[r] = block_max;
+    }
+    const VF vm = hn::Set(d, row_max[r]);
+    VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
+    int64_t j = 0;
+    for (; j + 2 * L <= n; j += 2 * L) {
+      const VF e0 = Exp2NonPositive(d, hn::Sub(hn::LoadU(d, s + j), vm));
+      const VF e1 = Exp2NonPositive(d, hn::Sub(hn::LoadU(d, s + j + L), vm));
+      hn::StoreU(e0, d, s + j);
+      hn::StoreU(e1, d, s + j + L);
+      acc0 = hn::Add(acc0, e0);
+      acc1 = hn::Add(acc1, e1);
+    }
+    for (; j < n; j += L) {
+      const VF e0 = Exp2NonPositive(d, hn::Sub(hn::LoadU(d, s + j), vm));
+      hn::StoreU(e0, d, s + j);
+      acc0 = hn::Add(acc0, e0);
+    }
+    row_sum[r] += hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
+  }
+}
+
 float DotImpl(const float* a, const float* b, int64_t n) {
   const DF d;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
@@ -189,6 +257,7 @@ HWY_EXPORT(ScaleRowImpl);
 HWY_EXPORT(SoftcapRowImpl);
 HWY_EXPORT(DsRowImpl);
 HWY_EXPORT(DotImpl);
+HWY_EXPORT(SoftmaxBlockImpl);
 HWY_EXPORT(TargetNameImpl);
 
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_trans, const float* B, int64_t ldb,
@@ -203,6 +272,10 @@ void ds_row(const float* p, const float* dp, const float* s, float* ds, int64_t 
   HWY_DYNAMIC_DISPATCH(DsRowImpl)(p, dp, s, ds, n, delta, cap);
 }
 float dot(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n); }
+void softmax_block_log2(float* S, int64_t ld, int64_t rows, int64_t n, float* row_max, float* row_sum, float* O,
+                        int64_t ldo, int64_t no) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxBlockImpl)(S, ld, rows, n, row_max, row_sum, O, ldo, no);
+}
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
 }  // namespace cpu
 }  // namespace flashattn
@@ -255,6 +328,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_t
     gemm_t<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
+static float row_max_of(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
 float row_max(const float* x, int64_t n) {
   float m = -INFINITY;
   for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
@@ -293,6 +372,33 @@ float dot(const float* a, const float* b, int64_t n) {
   float s = 0.0f;
   for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
   return s;
+}
+
+void softmax_block_log2(float* S, int64_t ld, int64_t rows, int64_t n, float* row_max, float* row_sum, float* O,
+                        int64_t ldo, int64_t no) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = S + r * ld;
+    const float block_max = row_max_of(s, n);
+    if (block_max == -INFINITY) {
+      for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+      continue;
+    }
+    if (block_max > row_max[r]) {
+      if (row_max[r] != -INFINITY) {
+        const float alpha = std::exp2(row_max[r] - block_max);
+        row_sum[r] *= alpha;
+        scale_row(O + r * ldo, no, alpha);
+      }
+      row_max[r] = block_max;
+    }
+    const float m = row_max[r];
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = std::exp2(s[j] - m);
+      sum += s[j];
+    }
+    row_sum[r] += sum;
+  }
 }
 
 const char* simd_target_name() { return "plain loops (no Highway)"; }

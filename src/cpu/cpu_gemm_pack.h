@@ -44,7 +44,12 @@ inline void load_rows_transposed_f32(const void* src, DType dt, int64_t offset, 
                                      int64_t cols, float* dst, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t base = offset + r * row_stride;
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld + r] = load_as_float(src, dt, base + c);
+    if (dt == DType::kFloat32) {
+      const float* in = static_cast<const float*>(src) + base;
+      for (int64_t c = 0; c < cols; ++c) dst[c * ld + r] = in[c];
+    } else {
+      for (int64_t c = 0; c < cols; ++c) dst[c * ld + r] = load_as_float(src, dt, base + c);
+    }
   }
   for (int64_t c = 0; c < cols; ++c)
     for (int64_t r = rows; r < ld; ++r) dst[c * ld + r] = 0.0f;
