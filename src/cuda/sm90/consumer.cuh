@@ -33,8 +33,8 @@ struct Consumer {
   using MmaO = Wgmma<D, Tr::kBF16>;
 
   // Q rows of warpgroup wg, k-step kk (16 columns): chunk kk/4, +32 B inside it.
-  static __device__ __forceinline__ uint64_t desc_q(const SharedStorage<Tr>& s, int wg, int kk) {
-    const uint32_t a = smem_addr(s.q) + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
+  static __device__ __forceinline__ uint64_t desc_q(const SharedStorage<Tr>& s, int wg, int qs, int kk) {
+    const uint32_t a = smem_addr(s.q[qs]) + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
     return make_desc(a, 16, 1024);
   }
   static __device__ __forceinline__ uint64_t desc_k(const SharedStorage<Tr>& s, int stage, int kk) {
@@ -114,11 +114,17 @@ struct Consumer {
     }
   }
 
-  static __device__ __forceinline__ void issue_s(const SharedStorage<Tr>& s, float (&sc)[BN / 2], int wg, int stage) {
+  static __device__ __forceinline__ void issue_s(const SharedStorage<Tr>& s, float (&sc)[BN / 2], int wg, int qs,
+                                                 int stage) {
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, desc_q(s, wg, kk), desc_k(s, stage, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, desc_q(s, wg, qs, kk), desc_k(s, stage, kk), kk > 0);
     wgmma_commit();
+  }
+  // After the last S GEMM of a tile: the producer may refill this Q buffer.
+  static __device__ __forceinline__ void release_q(SharedStorage<Tr>& s, int qs, int lane) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&s.q_empty[qs]);
   }
   static __device__ __forceinline__ void issue_o(const SharedStorage<Tr>& s, float (&o)[D / 2],
                                                  uint32_t (&pa)[BN / 16][4], int stage) {
@@ -161,7 +167,7 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
+    for (int t = p.sched.first(); t < p.sched.total(); t = p.sched.next(t), ++tile_iter) {
       int m_block, head, b;
       p.sched.decode(t, m_block, head, b);
       int n_begin, n_end;
@@ -175,11 +181,9 @@ struct Consumer {
       float row_sum[2] = {0.0f, 0.0f};
       float corr[2];
 
-      mbar_wait(&s.q_full, tile_iter & 1);
-      if (n_end <= n_begin) {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&s.q_empty);
-      }
+      const int qs = tile_iter % Tr::kQStages;
+      mbar_wait(&s.q_full[qs], (tile_iter / Tr::kQStages) & 1);
+      if (n_end <= n_begin) release_q(s, qs, lane);
       if constexpr (kOverlap) {
         if (n_end > n_begin) {
           uint32_t pa[BN / 16][4];
@@ -187,16 +191,13 @@ struct Consumer {
             float sc[BN / 2];
             mbar_wait(&s.k_full[stage], phase);
             turn_begin(p, wg);
-            issue_s(s, sc, wg, stage);
+            issue_s(s, sc, wg, qs, stage);
             turn_end(p, wg);
             wgmma_wait<0>();
             fence_regs(sc);
-            if (n_begin == n_end - 1) {
-              __syncwarp();
-              if (lane == 0) mbar_arrive(&s.q_empty);
-            }
+            if (n_begin == n_end - 1) release_q(s, qs, lane);
             score_mod(p, bm, sc, m_block, n_begin, row0, lane);
-            softmax(sc, row_max, row_sum, corr, sl2);
+            softmax(sc, row_max, row_sum, corr, sl2);  // corr = 0 here, O = 0
             pack_p(sc, pa);
           }
           int prev_stage = stage;
@@ -208,24 +209,21 @@ struct Consumer {
           for (int n = n_begin + 1; n < n_end; ++n) {
             float sc[BN / 2];
             mbar_wait(&s.k_full[stage], phase);
-            mbar_wait(&s.v_full[prev_stage], prev_phase);
             turn_begin(p, wg);
-            issue_s(s, sc, wg, stage);
+            issue_s(s, sc, wg, qs, stage);
+            rescale_o(o, corr);  // while S_n runs; O += P_{n-1} V_{n-1} needs it
+            mbar_wait(&s.v_full[prev_stage], prev_phase);
             issue_o(s, o, pa, prev_stage);
             turn_end(p, wg);
             wgmma_wait<1>();  // S_n is done, O += P V may still run
             fence_regs(sc);
-            if (n == n_end - 1) {
-              __syncwarp();
-              if (lane == 0) mbar_arrive(&s.q_empty);
-            }
+            if (n == n_end - 1) release_q(s, qs, lane);
             score_mod(p, bm, sc, m_block, n, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
             wgmma_wait<0>();
             fence_regs(o);
             __syncwarp();
             if (lane == 0) mbar_arrive(&s.kv_empty[prev_stage]);
-            rescale_o(o, corr);
             pack_p(sc, pa);
             prev_stage = stage;
             prev_phase = phase;
@@ -234,6 +232,7 @@ struct Consumer {
               phase ^= 1;
             }
           }
+          rescale_o(o, corr);
           mbar_wait(&s.v_full[prev_stage], prev_phase);
           turn_begin(p, wg);
           issue_o(s, o, pa, prev_stage);
@@ -247,13 +246,10 @@ struct Consumer {
         for (int n = n_begin; n < n_end; ++n) {
           float sc[BN / 2];
           mbar_wait(&s.k_full[stage], phase);
-          issue_s(s, sc, wg, stage);
+          issue_s(s, sc, wg, qs, stage);
           wgmma_wait<0>();
           fence_regs(sc);
-          if (n == n_end - 1) {  // last use of Q in this tile
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&s.q_empty);
-          }
+          if (n == n_end - 1) release_q(s, qs, lane);  // last use of Q in this tile
           score_mod(p, bm, sc, m_block, n, row0, lane);
           softmax(sc, row_max, row_sum, corr, sl2);
           rescale_o(o, corr);

@@ -25,8 +25,10 @@ __global__ void __launch_bounds__(kNumThreads, 1)
     prefetch_tensormap(&tm_q);
     prefetch_tensormap(&tm_k);
     prefetch_tensormap(&tm_v);
-    mbar_init(&s.q_full, 1);
-    mbar_init(&s.q_empty, kConsumerWarps);
+    for (int i = 0; i < Tr::kQStages; ++i) {
+      mbar_init(&s.q_full[i], 1);
+      mbar_init(&s.q_empty[i], kConsumerWarps);
+    }
     for (int i = 0; i < Tr::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
