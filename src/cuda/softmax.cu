@@ -6,7 +6,7 @@
 //           of threads, warps, blocks and row chunks merge exactly with equation (4).
 //
 // Three launch shapes, picked by the row length (host code at the bottom):
-//   short rows  (cols <= 1024):  one warp per row, shuffle reductions only.
+//   short rows  (cols <= 1024):  one warp per row held in registers, shuffle reductions only.
 //   medium rows (row fits 96 KiB): one block per row; the row is cached in shared
 //                memory by the first pass, so x is read from HBM exactly once.
 //   long rows / few rows: the row is cut into chunks of one block each; every block
@@ -127,6 +127,7 @@ struct RowSlice {
   __device__ __forceinline__ void for_each(bool first, F&& f) const {
     const int64_t nvec = n / VEC;
     const bool from_cache = cache != nullptr && !first;
+#pragma unroll 4
     for (int64_t i = tid; i < nvec; i += nthreads) {
       const T* src = from_cache ? cache + i * VEC : x + i * VEC;
       const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(src);
@@ -192,16 +193,78 @@ __device__ __forceinline__ void slice_normalize(const RowSlice<T, VEC>& r, Softm
 // ---------------------------------------------------------------------------
 // Kernels
 // ---------------------------------------------------------------------------
-// Short rows: warp w of the block owns row blockIdx.x * warps + w.
+// Short rows: warp w of the block owns row blockIdx.x * warps + w, held in
+// registers (at most kWarpRowMaxCols / 32 = 32 values per lane), so every
+// variant reads x from HBM once and all of a lane's loads are in flight together.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kWarpRowsThreads) softmax_warp_rows_kernel(RowArgs a) {
+  constexpr int kPer = kWarpRowMaxCols / kWarpSize / VEC;  // vectors per lane
   const int64_t row = int64_t{blockIdx.x} * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= a.rows) return;  // whole warps leave; no block-wide sync below
-  RowSlice<T, VEC> r{static_cast<const T*>(a.x) + row * a.x_stride, static_cast<T*>(a.y) + row * a.y_stride,
-                     a.cols, nullptr, static_cast<int>(threadIdx.x % kWarpSize), kWarpSize};
-  const SoftmaxStats s = slice_stats<false>(r, a.variant, nullptr);
-  slice_normalize(r, s);
-  if (a.lse && r.tid == 0) a.lse[row] = log_sum_exp(s);
+  const int lane = threadIdx.x % kWarpSize;
+  const T* x = static_cast<const T*>(a.x) + row * a.x_stride;
+  T* y = static_cast<T*>(a.y) + row * a.y_stride;
+  const int nvec = static_cast<int>(a.cols / VEC), tail = static_cast<int>(a.cols % VEC);
+
+  float v[kPer][VEC];  // vector k of this lane is vector lane + 32 k of the row; -inf past the end
+  float t[1];          // element nvec * VEC + lane of the tail (VEC > 1 only)
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int i = lane + kWarpSize * k;
+    if (i < nvec) {
+      unpack(*reinterpret_cast<const Pack<T, VEC>*>(x + i * VEC), v[k]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] = -INFINITY;
+    }
+  }
+  t[0] = lane < tail ? to_float(x[nvec * VEC + lane]) : -INFINITY;
+
+  SoftmaxStats s;
+  if (a.variant == SoftmaxVariant::kOnline) {  // (3)/(4) per vector, (4) across the warp
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) fold_online(s, v[k]);
+    fold_online(s, t);
+    s = warp_merge(s);
+  } else if (a.variant == SoftmaxVariant::kSafe) {  // (2): max, then sum, both from registers
+    float m = t[0];
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) m = fmaxf(m, v[k][e]);
+    m = warp_merge(SoftmaxStats{m, 0.0f}).max;
+    float l = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int k = 0; k < kPer; ++k)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) l += expf(v[k][e] - m);
+      l += expf(t[0] - m);
+    }
+    s = warp_merge(SoftmaxStats{m, l});
+  } else {  // (1): m pinned to 0
+    float l = expf(t[0]);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) l += expf(v[k][e]);
+    s = warp_merge(SoftmaxStats{0.0f, l});
+  }
+
+  const float m = s.max == -INFINITY ? 0.0f : s.max;
+  const float inv_l = s.sum > 0.0f ? 1.0f / s.sum : 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int i = lane + kWarpSize * k;
+    if (i < nvec) {
+      Pack<T, VEC> out;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) out.v[e] = from_float<T>(expf(v[k][e] - m) * inv_l);
+      *reinterpret_cast<Pack<T, VEC>*>(y + i * VEC) = out;
+    }
+  }
+  if (lane < tail) y[nvec * VEC + lane] = from_float<T>(expf(t[0] - m) * inv_l);
+  if (a.lse && lane == 0) a.lse[row] = log_sum_exp(s);
 }
 
 // Medium rows: one block per row, row cached in dynamic shared memory.
