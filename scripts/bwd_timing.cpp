@@ -38,7 +38,8 @@ static void* device_random(int64_t n, uint64_t seed) {
   return d;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const char* label = argc > 1 ? argv[1] : "ours";  // names the build in the output (A/B runs)
   struct Cfg {
     int64_t n, d;
     bool causal, det;
@@ -106,7 +107,7 @@ int main() {
     std::sort(ms.begin(), ms.end());
     const double med = ms[ms.size() / 2];
     const double fwd_flops = 4.0 * B * H * N * N * D / (c.causal ? 2.0 : 1.0);
-    printf("ours  B=%ld H=%ld N=%ld d=%ld causal=%d det=%d: %.3f ms  %.1f TFLOPS\n", (long)B,
+    printf("%s  B=%ld H=%ld N=%ld d=%ld causal=%d det=%d: %.3f ms  %.1f TFLOPS\n", label, (long)B,
            (long)H, (long)N, (long)D, c.causal, c.det, med, 2.5 * fwd_flops / (med * 1e-3) / 1e12);
     cudaError_t err = cudaDeviceSynchronize();
     if (err != cudaSuccess) printf("CUDA error: %s\n", cudaGetErrorString(err));
