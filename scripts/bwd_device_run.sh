@@ -33,13 +33,19 @@ cuobjdump -sass $B/src/CMakeFiles/flashattn.dir/cuda/fa2/fa2_bwd_hdim128_bf16.cu
   grep -cE "HMMA" | sed 's/^/HMMA in hdim128 bf16 object: /' | tee -a $OUT/summary.txt
 g++ -O2 -std=c++17 scripts/bwd_timing.cpp -Iinclude -I$CUDA/include $B/src/libflashattn.a -L$CUDA/lib64 -lcudart \
   $EXTRA -fopenmp -lpthread -o /tmp/bwd_timing && timeout 60 /tmp/bwd_timing 2>&1 | tee -a $OUT/summary.txt
+timeout 60 python3 scripts/bwd_torch.py 2>&1 | tee -a $OUT/summary.txt
+timeout ${TEST_TIMEOUT:-120} $TESTS --gtest_filter='*Bwd*' >$OUT/tests.txt 2>&1
+echo "tests rc=$?" | tee -a $OUT/summary.txt
+grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|cases ran" $OUT/tests.txt | head -30 | tee -a $OUT/summary.txt
 wait
 if [ -n "$AB_OBJS" ]; then
   g++ -O2 -std=c++17 scripts/bwd_timing.cpp -Iinclude -I$CUDA/include $AB_OBJS $B/src/libflashattn.a -L$CUDA/lib64 \
     -lcudart $EXTRA -fopenmp -lpthread -o /tmp/bwd_timing_old && timeout 60 /tmp/bwd_timing_old old 2>&1 |
     grep -E "d=(128|64) causal=[01] det=0|d=128 causal=[01] det=1" | tee -a $OUT/summary.txt
 fi
-timeout 60 python3 scripts/bwd_torch.py 2>&1 | tee -a $OUT/summary.txt
-timeout ${TEST_TIMEOUT:-170} $TESTS --gtest_filter='*Bwd*' >$OUT/tests.txt 2>&1
-echo "tests rc=$?" | tee -a $OUT/summary.txt
-grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|cases ran" $OUT/tests.txt | head -30 | tee -a $OUT/summary.txt
+# Where the time goes (d = 128, N = 2k, non-causal), when Nsight Compute is installed.
+if command -v ncu >/dev/null; then
+  timeout 60 ncu --kernel-name regex:bwd_main --launch-count 1 --section SpeedOfLight --section WarpStateStats \
+    --section ComputeWorkloadAnalysis /tmp/bwd_timing prof 4 >$OUT/ncu.txt 2>&1
+  grep -E "SM Frequency|Duration|Throughput|Pipe|Stall|Warp Cycles|Issue" $OUT/ncu.txt | head -40 | tee -a $OUT/summary.txt
+fi

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -40,6 +41,7 @@ static void* device_random(int64_t n, uint64_t seed) {
 
 int main(int argc, char** argv) {
   const char* label = argc > 1 ? argv[1] : "ours";  // names the build in the output (A/B runs)
+  const int only = argc > 2 ? std::atoi(argv[2]) : -1;  // run one configuration (for a profiler)
   struct Cfg {
     int64_t n, d;
     bool causal, det;
@@ -51,7 +53,9 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   printf("device: %s\n", prop.name);
-  for (const Cfg& c : cfgs) {
+  for (int ci = 0; ci < static_cast<int>(sizeof(cfgs) / sizeof(cfgs[0])); ++ci) {
+    if (only >= 0 && ci != only) continue;
+    const Cfg& c = cfgs[ci];
     const int64_t B = 16384 / c.n, H = 2048 / c.d, N = c.n, D = c.d;
     const int64_t numel = B * N * H * D;
     BwdParams p;
