@@ -19,8 +19,13 @@ t0=$(date +%s)
 timeout ${TEST_TIMEOUT:-150} $B/tests/flashattn_gpu_tests --gtest_filter='*Hopper*' >"$OUT/tests.log" 2>&1
 echo "tests rc=$? $(( $(date +%s) - t0 ))s"
 grep -E "^\[  FAILED|Failure|Expected|Which is|LE\(|O$|LSE$|^\[  PASSED|SKIPPED \]" "$OUT/tests.log" | head -60
+for v in ${TEST_VARIANTS:-}; do
+  FLASHATTN_HOPPER_VARIANT=$v timeout 60 $B/tests/flashattn_gpu_tests --gtest_filter='*Hopper*:-*OddLengths' \
+    >"$OUT/tests_$v.log" 2>&1
+  echo "tests[$v] rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$v.log" | tr '\n' ' ')"
+done
 if [ -z "${NO_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${SAN_TOOLS:-memcheck racecheck synccheck}; do
     timeout 60 compute-sanitizer --tool $tool $B/tests/flashattn_gpu_tests --gtest_filter='HopperGpu.Batch3' \
       >"$OUT/san_$tool.log" 2>&1
     echo "sanitizer $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$tool.log" | head -2 | tr '\n' ' ')"
@@ -30,7 +35,7 @@ g++ -O2 -std=c++17 scripts/hopper_timing.cpp -Iinclude -I/usr/local/cuda/include
   $(pkg-config --libs libhwy 2>/dev/null) -L/usr/local/cuda/lib64 -lcudart -fopenmp -o /tmp/ht || exit 1
 MODE=${TIMING_MODE:-quick}
 timeout 60 /tmp/ht $MODE 2>&1 | tee "$OUT/timing.txt"
-for v in no_overlap no_persistent pingpong; do
+for v in no_overlap no_persistent no_snake pingpong tma_store; do
   FLASHATTN_HOPPER_VARIANT=$v timeout 40 /tmp/ht $MODE 2>&1 | grep hopper | sed "s/^/$v /" | tee -a "$OUT/timing.txt"
 done
 timeout 90 python3 scripts/hopper_torch_timing.py $MODE 2>&1 | tee "$OUT/torch.txt"

@@ -56,14 +56,21 @@ struct Consumer {
       for (int i = 0; i < BN / 2; ++i) sc[i] = fast_tanh(sc[i] * p.softcap_in);
     }
     if (bm.partial(m_block, n)) {
+      // Visible keys of each of the thread's two rows, relative to the block:
+      // [lo, hi). Two int64 bounds per row, then one compare pair per element.
+      const int64_t c0 = static_cast<int64_t>(n) * BN;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j)
+      for (int r = 0; r < 2; ++r) {
+        int lo, hi;
+        bm.visible_cols(row0 + 8 * r, c0, &lo, &hi);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t row = row0 + 8 * (e / 2);
-          const int64_t col = static_cast<int64_t>(n) * BN + 8 * j + 2 * (lane % 4) + (e % 2);
-          if (!bm.visible(row, col)) sc[4 * j + e] = -INFINITY;
-        }
+        for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = 8 * j + 2 * (lane % 4) + e;
+            if (col < lo || col >= hi) sc[4 * j + 2 * r + e] = -INFINITY;
+          }
+      }
     }
   }
 
@@ -122,7 +129,8 @@ struct Consumer {
     wgmma_commit();
   }
   // After the last S GEMM of a tile: the producer may refill this Q buffer.
-  static __device__ __forceinline__ void release_q(SharedStorage<Tr>& s, int qs, int lane) {
+  static __device__ __forceinline__ void release_q(SharedStorage<Tr>& s, int qs, int lane, bool skip) {
+    if (skip) return;  // released by the TMA-store epilogue instead
     __syncwarp();
     if (lane == 0) mbar_arrive(&s.q_empty[qs]);
   }
@@ -153,8 +161,11 @@ struct Consumer {
   //   issue S_n; issue O += P_{n-1} V_{n-1}; wait S_n (wait_group 1); softmax(S_n);
   //   wait O (wait_group 0); rescale O; P_n = S_n.
   // Without it every wgmma is waited for right away (the plain FA2 order).
-  template <bool kOverlap>
-  static __device__ void run(SharedStorage<Tr>& s, const KernelParams& p) {
+  // kTmaStore: the TMA-store epilogue reuses the tile's Q buffer, so Q is
+  // released after the store instead of after the last S GEMM (needs 2 Q buffers).
+  template <bool kOverlap, bool kTmaStore>
+  static __device__ void run(SharedStorage<Tr>& s, const KernelParams& p, const void* tm_o) {
+    static_assert(!kTmaStore || Tr::kQStages > 1, "the TMA-store epilogue needs two Q buffers");
     const int ctid = threadIdx.x - 128;
     const int wg = ctid / 128;
     const int warp_in_wg = (ctid % 128) / 32;
@@ -183,7 +194,7 @@ struct Consumer {
 
       const int qs = tile_iter % Tr::kQStages;
       mbar_wait(&s.q_full[qs], (tile_iter / Tr::kQStages) & 1);
-      if (n_end <= n_begin) release_q(s, qs, lane);
+      if (n_end <= n_begin) release_q(s, qs, lane, kTmaStore);
       if constexpr (kOverlap) {
         if (n_end > n_begin) {
           uint32_t pa[BN / 16][4];
@@ -195,7 +206,7 @@ struct Consumer {
             turn_end(p, wg);
             wgmma_wait<0>();
             fence_regs(sc);
-            if (n_begin == n_end - 1) release_q(s, qs, lane);
+            if (n_begin == n_end - 1) release_q(s, qs, lane, kTmaStore);
             score_mod(p, bm, sc, m_block, n_begin, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);  // corr = 0 here, O = 0
             pack_p(sc, pa);
@@ -217,7 +228,7 @@ struct Consumer {
             turn_end(p, wg);
             wgmma_wait<1>();  // S_n is done, O += P V may still run
             fence_regs(sc);
-            if (n == n_end - 1) release_q(s, qs, lane);
+            if (n == n_end - 1) release_q(s, qs, lane, kTmaStore);
             score_mod(p, bm, sc, m_block, n, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
             wgmma_wait<0>();
@@ -249,7 +260,7 @@ struct Consumer {
           issue_s(s, sc, wg, qs, stage);
           wgmma_wait<0>();
           fence_regs(sc);
-          if (n == n_end - 1) release_q(s, qs, lane);  // last use of Q in this tile
+          if (n == n_end - 1) release_q(s, qs, lane, kTmaStore);  // last use of Q in this tile
           score_mod(p, bm, sc, m_block, n, row0, lane);
           softmax(sc, row_max, row_sum, corr, sl2);
           rescale_o(o, corr);
@@ -267,7 +278,12 @@ struct Consumer {
           }
         }
       }
-      epilogue<Tr>(p, o, row_max, row_sum, row0, head, b, lane);
+      if constexpr (kTmaStore) {
+        epilogue_tma<Tr>(p, tm_o, s.q[qs], &s.q_empty[qs], o, row_max, row_sum, m_block, wg, warp_in_wg, lane, head,
+                         b);
+      } else {
+        epilogue<Tr>(p, o, row_max, row_sum, row0, head, b, lane);
+      }
     }
   }
 };

@@ -15,6 +15,7 @@ struct TileScheduler {
   int heads = 0;
   int batch = 0;
   bool longest_first = false;
+  bool snake = true;
 
   __host__ __device__ int total() const { return num_m_blocks * heads * batch; }
 
@@ -24,6 +25,7 @@ struct TileScheduler {
   __device__ __forceinline__ int first() const { return blockIdx.x; }
   __device__ __forceinline__ int next(int t) const {
     const int g = gridDim.x;
+    if (!snake) return t + g;
     const int r = t / g + 1;
     return r * g + ((r & 1) ? g - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x));
   }
