@@ -87,6 +87,10 @@ TEST(NaiveFA1Gpu, LongSequence) {
   FLASHATTN_SKIP_WITHOUT_GPU();
   check_shape(make_shape(1, 1000, 1000, 2, 1, 64, DType::kBFloat16, /*causal=*/true), 400);
   check_shape(make_shape(1, 1000, 1000, 2, 2, 128, DType::kFloat32), 401);
+  // Rows of S longer than the softmax smem cache: the naive rung's softmax takes the
+  // split-row path (few rows), then the grouped split path with LSE (300 rows of 120 KB).
+  check_shape(make_shape(1, 4, 30000, 2, 1, 64, DType::kFloat16, /*causal=*/true), 402);
+  check_shape(make_shape(1, 150, 30000, 2, 2, 32, DType::kBFloat16, false, 20000, -1), 403);
 }
 
 // Causal with Nq > Nk: the first Nq - Nk rows see nothing (O = 0, LSE = -inf).
