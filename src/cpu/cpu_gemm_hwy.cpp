@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #if FLASHATTN_HAS_HWY
 
@@ -287,35 +289,67 @@ namespace flashattn {
 namespace cpu {
 namespace {
 
-// Same register blocking as the Highway kernel, with a 16-wide column block as
-// a plain array the compiler keeps in vector registers.
+// Register blocking like the Highway kernel with GCC/Clang vector extensions
+// (portable; 4 floats is the x86-64 baseline SSE2 width, and wider generic
+// vectors are spilled to the stack when the target lacks them): a 4 x 8 block
+// of C in 8 vector registers.
+typedef float Vec4 __attribute__((vector_size(16)));
+
+inline Vec4 load4(const float* p) {
+  Vec4 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store4(float* p, Vec4 v) { std::memcpy(p, &v, sizeof(v)); }
+
 template <int MR, bool kTransA>
-inline void gemm_tile16(int64_t K, const float* __restrict__ A, int64_t lda, const float* __restrict__ B,
-                        int64_t ldb, float* __restrict__ C, int64_t ldc, bool accumulate) {
-  float c[MR][16];
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < 16; ++n) c[r][n] = accumulate ? C[r * ldc + n] : 0.0f;
+inline void gemm_tile8(int64_t K, const float* __restrict__ A, int64_t lda, const float* __restrict__ B, int64_t ldb,
+                       float* __restrict__ C, int64_t ldc, bool accumulate) {
+  Vec4 c0[MR], c1[MR];
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = Vec4{};
+  if (accumulate)
+    for (int r = 0; r < MR; ++r) c0[r] = load4(C + r * ldc), c1[r] = load4(C + r * ldc + 4);
   for (int64_t k = 0; k < K; ++k) {
-    const float* b = B + k * ldb;
+    const Vec4 b0 = load4(B + k * ldb), b1 = load4(B + k * ldb + 4);
     for (int r = 0; r < MR; ++r) {
       const float a = kTransA ? A[k * lda + r] : A[r * lda + k];
-      for (int n = 0; n < 16; ++n) c[r][n] += a * b[n];
+      c0[r] += a * b0;
+      c1[r] += a * b1;
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < 16; ++n) C[r * ldc + n] = c[r][n];
+  for (int r = 0; r < MR; ++r) store4(C + r * ldc, c0[r]), store4(C + r * ldc + 4, c1[r]);
 }
 
 template <bool kTransA>
 void gemm_t(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
             int64_t ldc, bool acc) {
-  for (int64_t j = 0; j < N; j += 16) {
+  for (int64_t j = 0; j < N; j += 8) {
     int64_t r = 0;
     for (; r + 4 <= M; r += 4)
-      gemm_tile16<4, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
+      gemm_tile8<4, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
     for (; r < M; ++r)
-      gemm_tile16<1, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
+      gemm_tile8<1, kTransA>(K, kTransA ? A + r : A + r * lda, lda, B + j, ldb, C + r * ldc + j, ldc, acc);
   }
+}
+
+// 2^x for x <= 0, the same polynomial as the Highway path, written so the
+// compiler can vectorize loops over it (no libm call). x < -126 gives 0.
+inline float exp2_nonpositive(float x) {
+  const float xc = x < -126.0f ? -126.0f : x;
+  const float n = static_cast<float>(static_cast<int32_t>(xc - 0.5f));  // round to nearest for xc <= 0
+  const float f = xc - n;
+  float p = 1.525273380405984e-05f;
+  p = p * f + 1.5403530393381606e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float pow2n;
+  std::memcpy(&pow2n, &bits, 4);
+  return x < -126.0f ? 0.0f : p * pow2n;
 }
 
 }  // namespace
@@ -393,10 +427,8 @@ void softmax_block_log2(float* S, int64_t ld, int64_t rows, int64_t n, float* ro
     }
     const float m = row_max[r];
     float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = std::exp2(s[j] - m);
-      sum += s[j];
-    }
+    for (int64_t j = 0; j < n; ++j) s[j] = exp2_nonpositive(s[j] - m);
+    for (int64_t j = 0; j < n; ++j) sum += s[j];
     row_sum[r] += sum;
   }
 }
