@@ -65,11 +65,11 @@ def tiny_overhead(torch, device, calls):
         print(f"  {name:28s} {us:8.2f}")
     api, dl, raw = (res[n] for n in list(fns)[:3])
     print(f"  => wrapper overhead api - raw = {api - raw:.2f} us (DLPack import {dl - raw:.2f} us, "
-          f"Python + output alloc {api - dl:.2f} us)")
+          f"Python + output alloc {api - dl:.2f} us)", flush=True)
     return api - raw
 
 
-def e2e(torch, n, batch, heads, dim, causal, reps=30):
+def e2e(torch, n, batch, heads, dim, causal, kernel, reps=30):
     import torch.nn.functional as F
 
     dt = torch.bfloat16
@@ -77,14 +77,17 @@ def e2e(torch, n, batch, heads, dim, causal, reps=30):
     out = torch.empty_like(q)
     from flashattn._torch import _stream
 
+    print(f"  kernel={kernel} causal={causal} ...", flush=True)
+    kid = flashattn._ops.kernel_id(kernel)
     try:
-        flashattn.flash_attn_func(q, k, v, causal=causal)
+        flashattn.flash_attn_func(q, k, v, causal=causal, kernel=kernel)
+        torch.cuda.synchronize()
     except flashattn.UnsupportedError as e:
         print(f"  e2e skipped: unsupported: {e}")
         return
     s = _stream(q)
     cpp = _C.time_fwd_raw_cuda(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0, batch, n, n, heads,
-                               heads, dim, 2, q.device.index, causal, s, 5, reps)
+                               heads, dim, 2, q.device.index, causal, s, 5, reps, kid)
 
     def events(fn):
         for _ in range(5):
@@ -99,15 +102,15 @@ def e2e(torch, n, batch, heads, dim, causal, reps=30):
             ms.append(a.elapsed_time(b))
         return statistics.median(ms)
 
-    py = events(lambda: flashattn.flash_attn_func(q, k, v, causal=causal))
+    py = events(lambda: flashattn.flash_attn_func(q, k, v, causal=causal, kernel=kernel))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     sd = events(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))
     flops = 4 * batch * heads * n * n * dim / (2 if causal else 1)
     c = statistics.median(cpp)
     tf = lambda ms: flops / ms / 1e9  # noqa: E731
-    print(f"  B={batch} H={heads} N={n} D={dim} bf16 causal={causal}: C++ {c:.3f} ms ({tf(c):.0f} TFLOPS) | "
+    print(f"  {kernel:5s} B={batch} H={heads} N={n} D={dim} bf16 causal={causal}: C++ {c:.3f} ms ({tf(c):.0f} TFLOPS) | "
           f"Python API {py:.3f} ms ({tf(py):.0f} TFLOPS) | diff {100 * (py - c) / c:+.2f}% | "
-          f"torch SDPA {sd:.3f} ms ({tf(sd):.0f} TFLOPS)")
+          f"torch SDPA {sd:.3f} ms ({tf(sd):.0f} TFLOPS)", flush=True)
 
 
 def main():
@@ -125,9 +128,10 @@ def main():
     if torch.cuda.is_available() and flashattn.cuda_compiled():
         print(f"GPU: {torch.cuda.get_device_name()}")
         tiny_overhead(torch, "cuda", a.calls)
-        print(f"\n[cuda] end-to-end forward, CUDA events, median of 30:")
-        for causal in (False, True):
-            e2e(torch, a.n, a.batch, a.heads, a.dim, causal)
+        print("\n[cuda] end-to-end forward, CUDA events, median of 30:", flush=True)
+        for kernel in ("fa2", "auto"):
+            for causal in (False, True):
+                e2e(torch, a.n, a.batch, a.heads, a.dim, causal, kernel)
 
 
 if __name__ == "__main__":

@@ -78,19 +78,40 @@ def _namespace(x):
     )
 
 
-def call_via_numpy(fn, arrays, to_result):
-    """JAX arrays are immutable: run on numpy views of CPU arrays and wrap the
-    results back. (JAX on a GPU is not handled: jax arrays cannot be written.)"""
-    import numpy as np
+def call_jax(fn, arrays):
+    """JAX arrays are immutable, so flashattn cannot write into one: run fn on
+    zero-copy views in a library that can allocate (numpy on the CPU; torch or
+    CuPy on a GPU, through DLPack) and hand the results back to JAX."""
+    import jax
+    import jax.numpy as jnp
 
-    devs = {str(getattr(a, "device", "cpu")) for a in arrays}
-    if any("cpu" not in d.lower() for d in devs):
-        raise TypeError("flashattn: JAX arrays are supported on the CPU only (JAX buffers are immutable); "
-                        "on a GPU pass torch or CuPy arrays")
-    res = fn(*[np.asarray(a) for a in arrays])
+    for a in arrays:
+        a.block_until_ready()  # JAX dispatches asynchronously on its own streams
+    platforms = {d.platform for a in arrays for d in a.devices()}
+    if platforms == {"cpu"}:
+        import numpy as np
+
+        res = fn(*[np.asarray(a) for a in arrays])
+        wrap = jnp.asarray
+    else:
+        try:
+            import torch as bridge
+
+            sync = lambda: bridge.cuda.synchronize()  # noqa: E731
+        except ImportError:
+            try:
+                import cupy as bridge
+
+                sync = lambda: bridge.cuda.get_current_stream().synchronize()  # noqa: E731
+            except ImportError:
+                raise TypeError("flashattn: JAX arrays on a GPU need torch or CuPy installed "
+                                "(JAX buffers are immutable; flashattn allocates through them)") from None
+        res = fn(*[bridge.from_dlpack(a) for a in arrays])
+        sync()
+        wrap = jax.dlpack.from_dlpack
     if isinstance(res, tuple):
-        return tuple(to_result(r) for r in res)
-    return to_result(res)
+        return tuple(wrap(r) for r in res)
+    return wrap(res)
 
 
 def module_loaded(name: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _C
-from ._arrays import Adapter, call_via_numpy, library_of
+from ._arrays import Adapter, call_jax, library_of
 
 KERNELS = {"auto": 0, "reference": 1, "cpu_flash": 2, "naive": 3, "fa1": 4, "fa2": 5, "hopper": 6}
 SOFTMAX_VARIANTS = {"naive": 0, "safe": 1, "online": 2}
@@ -39,11 +39,11 @@ def attention(q, k, v, softmax_scale, causal, window_size, softcap, return_lse, 
     check_rank4(q, k, v)
     lib = library_of(q)
     if lib == "jax":
-        import jax.numpy as jnp
+        import flashattn
 
-        return call_via_numpy(
-            lambda q_, k_, v_: attention(q_, k_, v_, softmax_scale, causal, window_size, softcap, return_lse, kernel),
-            (q, k, v), jnp.asarray)
+        return call_jax(lambda q_, k_, v_: flashattn.flash_attn_func(q_, k_, v_, softmax_scale, causal, window_size,
+                                                                     softcap, False, return_lse, kernel=kernel),
+                        (q, k, v))
     left, right = window_pair(window_size)
     ad = Adapter(lib, q)
     b, sq, hq, _ = q.shape
@@ -90,9 +90,9 @@ def softmax(x, dim, variant):
     check_softmax_dim(x, dim)
     lib = library_of(x)
     if lib == "jax":
-        import jax.numpy as jnp
+        import flashattn
 
-        return call_via_numpy(lambda x_: softmax(x_, dim, variant), (x,), jnp.asarray)
+        return call_jax(lambda x_: flashattn.softmax(x_, dim, variant), (x,))
     ad = Adapter(lib, x)
     y = ad.empty(tuple(x.shape), x)
     _C.softmax(ad.export(x), ad.export(y), variant_id(variant), ad.stream(x), 0, ad.dtype_override)

@@ -32,6 +32,11 @@ def _stream(t: torch.Tensor) -> int:
 
 
 _Tensor = torch.Tensor
+# Bound once: attribute lookups are a measurable part of the per-call overhead.
+_is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
+_empty_like = torch.empty_like
+_fwd = _C.fwd
 
 
 def _check(q, k, v):
@@ -157,18 +162,18 @@ def flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, determ
     scale = 0.0 if softmax_scale is None else float(softmax_scale)
     kid = 0 if kernel == "auto" else _ops.kernel_id(kernel)
     causal, softcap = bool(causal), float(softcap)
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         out, lse = fwd_op(q, k, v, scale, causal, window_left, window_right, softcap, bool(deterministic), kid)
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    elif _is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         out, lse = FlashAttnFunction.apply(q, k, v, scale, causal, window_left, window_right, softcap,
                                            bool(deterministic), kid)
     else:
-        out = torch.empty_like(q) if v.shape[3] == q.shape[3] else q.new_empty(q.shape[:3] + (v.shape[3],))
+        out = _empty_like(q) if v.shape[3] == q.shape[3] else q.new_empty(q.shape[:3] + (v.shape[3],))
         lse = None
         if return_lse:
             lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
-        _C.fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
-               causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
+        _fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
+             causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
     return (out, lse) if return_lse else out
 
 

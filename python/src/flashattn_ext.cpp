@@ -32,16 +32,19 @@ using namespace nb::literals;
 namespace flashattn {
 namespace python {
 
-// C++ twins of the Python exception classes registered in NB_MODULE below.
-struct UnsupportedError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-struct NotCompiledError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-struct CudaError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+// The Python exception classes of non-ok Status codes (created in NB_MODULE).
+// They are raised with PyErr_SetString + nb::python_error rather than through
+// nb::exception<T> translators: translators live in nanobind's internals, which
+// other nanobind extensions in the process (jaxlib, ...) share, and a crash was
+// seen there on the GPU machine with jax loaded.
+PyObject* g_unsupported_error = nullptr;
+PyObject* g_not_compiled_error = nullptr;
+PyObject* g_cuda_error = nullptr;
+
+[[noreturn]] void raise_py(PyObject* type, const std::string& msg) {
+  PyErr_SetString(type, msg.c_str());
+  throw nb::python_error();
+}
 
 // StatusCode -> Python exception type:
 //   kInvalidArgument -> ValueError        kUnsupported -> flashattn.UnsupportedError (a ValueError)
@@ -49,16 +52,15 @@ struct CudaError : std::runtime_error {
 //   kCudaError -> flashattn.CudaError (a RuntimeError)      kInternal -> RuntimeError
 void raise_if_error(const Status& st) {
   if (st.ok()) return;
-  const std::string msg = st.message;
   switch (st.code) {
     case StatusCode::kOk: return;
-    case StatusCode::kInvalidArgument: throw nb::value_error(msg.c_str());
-    case StatusCode::kUnsupported: throw UnsupportedError(msg);
-    case StatusCode::kNotCompiled: throw NotCompiledError(msg);
-    case StatusCode::kCudaError: throw CudaError(msg);
-    case StatusCode::kInternal: throw std::runtime_error("flashattn internal error: " + msg);
+    case StatusCode::kInvalidArgument: raise_py(PyExc_ValueError, st.message);
+    case StatusCode::kUnsupported: raise_py(g_unsupported_error, st.message);
+    case StatusCode::kNotCompiled: raise_py(g_not_compiled_error, st.message);
+    case StatusCode::kCudaError: raise_py(g_cuda_error, st.message);
+    case StatusCode::kInternal: raise_py(PyExc_RuntimeError, "flashattn internal error: " + st.message);
   }
-  throw std::runtime_error(msg);
+  raise_py(PyExc_RuntimeError, st.message);
 }
 
 using InArray = nb::ndarray<nb::ro>;  // any dtype/shape/device; read-only view is enough
@@ -141,6 +143,8 @@ void expect_rank(const Desc& d, int64_t rank, const char* layout) {
 
 // The C++ params take any batch/row/head strides but need the last dimension contiguous.
 void expect_last_contiguous(const Desc& d) {
+  for (int64_t i = 0; i < d.ndim; ++i)
+    if (d.shape[i] == 0) return;  // empty: strides carry no meaning; validate() reports the zero size
   if (d.ndim > 0 && d.shape[d.ndim - 1] > 1 && d.stride[d.ndim - 1] != 1)
     throw nb::value_error((std::string(d.name) + ": the last dimension must be contiguous (stride 1), got stride " +
                            std::to_string(d.stride[d.ndim - 1]) + " for shape " + shape_str(d) +
@@ -353,8 +357,9 @@ void softmax_rows(const InArray& x_arr, const OutArray& y_arr, int variant, uint
 // of fwd() and the Python wrapper cost on top of the C++ call.
 void fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, int64_t batch, int64_t seqlen_q,
              int64_t seqlen_k, int64_t heads_q, int64_t heads_kv, int64_t head_dim, int dtype, int device,
-             int device_index, bool causal, uintptr_t stream) {
+             int device_index, bool causal, uintptr_t stream, int kernel) {
   FwdParams p;
+  p.kernel = kernel_from(kernel);
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
   p.v = reinterpret_cast<const void*>(v);
@@ -387,8 +392,9 @@ void fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, 
 std::vector<float> time_fwd_raw_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
                                      int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q,
                                      int64_t heads_kv, int64_t head_dim, int dtype, int device_index, bool causal,
-                                     uintptr_t stream, int warmup, int reps) {
+                                     uintptr_t stream, int warmup, int reps, int kernel) {
   FwdParams p;
+  p.kernel = kernel_from(kernel);
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
   p.v = reinterpret_cast<const void*>(v);
@@ -435,9 +441,15 @@ NB_MODULE(_C, m) {
   using namespace flashattn::python;
   m.doc() = "flashattn C++ API, bound with nanobind; tensors through DLPack. Use the flashattn package, not this.";
 
-  nb::exception<UnsupportedError>(m, "UnsupportedError", PyExc_ValueError);
-  nb::exception<NotCompiledError>(m, "NotCompiledError", PyExc_RuntimeError);
-  nb::exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
+  auto add_error = [&](const char* name, PyObject* base, PyObject** slot) {
+    const std::string qual = std::string("flashattn.") + name;
+    *slot = PyErr_NewException(qual.c_str(), base, nullptr);
+    if (*slot == nullptr) throw nb::python_error();
+    m.attr(name) = nb::borrow(*slot);  // the module keeps a reference; the slot borrows it for its lifetime
+  };
+  add_error("UnsupportedError", PyExc_ValueError, &g_unsupported_error);
+  add_error("NotCompiledError", PyExc_RuntimeError, &g_not_compiled_error);
+  add_error("CudaError", PyExc_RuntimeError, &g_cuda_error);
 
   m.def("fwd", &fwd, "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "out"_a.noconvert(),
         "lse"_a.noconvert().none(), "softmax_scale"_a, "causal"_a, "window_left"_a, "window_right"_a, "softcap"_a,
@@ -449,11 +461,12 @@ NB_MODULE(_C, m) {
   m.def("softmax", &softmax_rows, "x"_a.noconvert(), "y"_a.noconvert(), "variant"_a, "stream"_a, "num_threads"_a,
         "dtype_override"_a);
   m.def("fwd_raw", &fwd_raw, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a, "seqlen_k"_a,
-        "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device"_a, "device_index"_a, "causal"_a, "stream"_a);
+        "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device"_a, "device_index"_a, "causal"_a, "stream"_a,
+        "kernel"_a = 0);
 #if FLASHATTN_WITH_CUDA
   m.def("time_fwd_raw_cuda", &time_fwd_raw_cuda, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a,
         "seqlen_k"_a, "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device_index"_a, "causal"_a, "stream"_a,
-        "warmup"_a, "reps"_a);
+        "warmup"_a, "reps"_a, "kernel"_a = 0);
 #endif
   m.def("cuda_compiled", &flashattn::cuda_compiled);
   m.def("cuda_device_count", &flashattn::cuda_device_count);

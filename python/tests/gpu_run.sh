@@ -17,7 +17,7 @@ rc=$?
 s_build="build rc=$rc ($(( $(date +%s) - t0 ))s, archs $FLASHATTN_CUDA_ARCHS, head dims $FLASHATTN_HEADDIMS)"
 if [ $rc -ne 0 ]; then grep -E "error|FAILED" "$OUT/build.log" | head -30; echo "$s_build"; exit 1; fi
 t0=$(date +%s)
-(cd python/tests && timeout "${PYTEST_TIMEOUT:-150}" python3 -m pytest -q -rs -p no:cacheprovider --durations=8 . >"$OUT/pytest.log" 2>&1)
+(cd python/tests && timeout "${PYTEST_TIMEOUT:-150}" python3 -m pytest -v -rs -p no:cacheprovider --durations=8 --tb=short . >"$OUT/pytest.log" 2>&1)
 s_test="pytest rc=$? ($(( $(date +%s) - t0 ))s): $(tail -1 "$OUT/pytest.log")"
 grep -E "^FAILED|^ERROR|Error:|assert" "$OUT/pytest.log" | head -40
 grep -E "^SKIPPED" "$OUT/pytest.log" | head -20
