@@ -24,6 +24,11 @@ struct Options {
   std::string dtype;   // "" = fp32 on the CPU, bf16 on the GPU
   int reps = 0;        // 0 = default (GPU >= 20, CPU 5, both capped by a time budget)
   int threads = 0;     // CPU threads (0 = all)
+  // GPU mode bounds: our rungs stop being timed after max_seconds (the rest are
+  // reported as skipped), and one measurement running longer than row_timeout
+  // seconds (a hung kernel) ends the run with the partial table and summary.
+  int max_seconds = 150;
+  int row_timeout = 60;
 };
 
 enum class Metric { kFlops, kBandwidth };

@@ -9,7 +9,10 @@
 //   --gpu --bwd      backward of fa2 and auto
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -17,6 +20,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench.h"
@@ -130,7 +134,7 @@ class RandomPool {
 // Times fn(set) with CUDA events on the legacy default stream (the stream the
 // library runs on when params.stream is null): one timed warm-up call (a
 // refusal ends here), two more warm-ups, then `reps` calls (>= 20; 3 for a rung
-// slower than 250 ms), median.
+// slower than 250 ms; none past 1 s: the first call is then the sample), median.
 void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>& fn) {
   cudaEvent_t e0, e1;
   BENCH_CUDA(cudaEventCreate(&e0));
@@ -157,6 +161,12 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
     }
     float first = 0;
     BENCH_CUDA(cudaEventElapsedTime(&first, e0, e1));
+    if (first > 1000.0f) {  // very slow: the warm-up call is the measurement
+      row.ms = first;
+      row.reps = 1;
+      cleanup();
+      return;
+    }
     int reps = min_reps;
     if (first > 250.0f) reps = 3;
     else if (first * reps < 400.0f) reps = std::min(100, std::max(reps, static_cast<int>(400.0f / std::max(first, 1e-3f))));
@@ -205,6 +215,70 @@ int input_sets(double set_bytes) {
   return static_cast<int>(std::max(1.0, std::min(4.0, 128e6 / set_bytes)));
 }
 
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string row_desc(const Row& r) {
+  return r.section + " " + r.name + " " + r.dtype + " B=" + std::to_string(r.b) + " H=" + std::to_string(r.hq) +
+         " N=" + std::to_string(r.nk) + " D=" + std::to_string(r.d) + (r.causal ? " causal" : "") +
+         (r.note.empty() ? "" : " " + r.note);
+}
+
+// A hung kernel would block the run forever inside a CUDA sync. The watchdog
+// thread notices a measurement running past the limit, prints what was
+// measured so far (the main thread is blocked, so the rows are not changing)
+// and ends the process.
+class Watchdog {
+ public:
+  Watchdog(const std::vector<Row>* rows, int limit_s, std::string title)
+      : rows_(rows), limit_s_(limit_s), title_(std::move(title)) {
+    if (limit_s_ > 0) thread_ = std::thread([this] { loop(); });
+  }
+  ~Watchdog() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  void begin(const Row* r) {
+    current_ = r;
+    start_ = now_s();
+  }
+  void end() { start_ = 0.0; }
+
+ private:
+  void loop() {
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const double t0 = start_;
+      if (t0 > 0 && t0 != warned_ && now_s() - t0 > 15.0) {
+        warned_ = t0;
+        const Row* r = current_;
+        std::fprintf(stderr, "\nslow: %s still running after 15 s (the run ends at %d s, --row-timeout)\n",
+                     r ? row_desc(*r).c_str() : "?", limit_s_);
+      }
+      if (t0 > 0 && now_s() - t0 > limit_s_) {
+        const Row* r = current_;
+        std::printf("\nTIMEOUT: %s still running after %d s (--row-timeout): a hung or pathologically slow "
+                    "kernel; partial results follow, torch not run\n",
+                    r ? row_desc(*r).c_str() : "?", limit_s_);
+        print_table(*rows_, "TFLOPS", 1e12, "cudnn", "vs cudnn");
+        print_summary(*rows_, "TFLOPS", 1e12, "cudnn", title_ + " (partial: timed out)");
+        std::fflush(stdout);
+        std::fflush(stderr);
+        std::_Exit(3);
+      }
+    }
+  }
+  const std::vector<Row>* rows_;
+  int limit_s_;
+  std::string title_;
+  std::atomic<bool> stop_{false};
+  std::atomic<double> start_{0.0};
+  double warned_ = 0.0;  // start time of the measurement already warned about (watchdog thread only)
+  std::atomic<const Row*> current_{nullptr};
+  std::thread thread_;
+};
+
 struct Sweep {
   Options o;
   DType dt;
@@ -213,6 +287,24 @@ struct Sweep {
   std::vector<Row> rows;
   std::vector<std::string> torch_req;
   int group = 0;
+  Watchdog* watchdog = nullptr;
+  int done = 0, total = 0;
+
+  // Times one row under the watchdog and reports it on stderr.
+  void measure(Row& r, int sets, const std::function<Status(int)>& fn) {
+    watchdog->begin(&r);
+    try {
+      time_gpu(r, reps, sets, fn);
+    } catch (...) {
+      watchdog->end();
+      throw;
+    }
+    watchdog->end();
+    char res[96];
+    if (r.ms > 0) std::snprintf(res, sizeof res, "%.4f ms", r.ms);
+    else std::snprintf(res, sizeof res, "%.80s", r.error.c_str());
+    progress(++done, total, row_desc(r) + ": " + res);
+  }
 
   void add_torch(const Row& base, const char* backend, bool bwd) {
     Row t = base;
@@ -378,7 +470,7 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
       p.variant = r->note == "naive" ? SoftmaxVariant::kNaive
                   : r->note == "safe" ? SoftmaxVariant::kSafe
                                       : SoftmaxVariant::kOnline;
-      time_gpu(*r, s.reps, sets, [&](int i) {
+      s.measure(*r, sets, [&](int i) {
         p.x = xs[i].get();
         p.y = ys[i].get();
         return softmax(p);
@@ -468,7 +560,7 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
                : r->name == "fa2"  ? Kernel::kFA2
                : r->name == "hopper" ? Kernel::kHopper
                                      : Kernel::kAuto;
-    time_gpu(*r, s.reps, sets, [&](int i) {
+    s.measure(*r, sets, [&](int i) {
       bind(i);
       return bwd ? backward(p) : forward(static_cast<const FwdParams&>(p));
     });
@@ -520,22 +612,29 @@ int run_gpu(const Options& o) {
     if (groups.empty() || groups.back().front()->group != r.group) groups.emplace_back();
     groups.back().push_back(&r);
   }
-  int done = 0, total = 0;
-  for (auto& g : groups) total += static_cast<int>(g.size());
+  for (auto& g : groups) s.total += static_cast<int>(g.size());
+  Watchdog watchdog(&s.rows, o.row_timeout, title);
+  s.watchdog = &watchdog;
+  const double t_start = now_s();
   bool broken = false;
+  int counted = 0;
   for (auto& g : groups) {
-    done += static_cast<int>(g.size());
-    const Row& f = *g.front();
-    progress(done, total, f.section + " " + f.dtype + " B=" + std::to_string(f.b) + " H=" + std::to_string(f.hq) +
-                              " N=" + std::to_string(f.nk) + " D=" + std::to_string(f.d) +
-                              (f.causal ? " causal" : "") + (f.note.empty() ? "" : " " + f.note));
+    s.done = counted;  // rows a group leaves unmeasured still count as done
+    counted += static_cast<int>(g.size());
     if (broken) {
       for (Row* r : g) r->error = "skipped: the CUDA context was broken by an earlier error";
       continue;
     }
+    if (o.max_seconds > 0 && now_s() - t_start > o.max_seconds) {
+      for (Row* r : g) r->error = "skipped: over the time budget (--max-seconds " + std::to_string(o.max_seconds) + ")";
+      continue;
+    }
     try {
+      watchdog.begin(g.front());  // allocation and upload of the group's inputs
       run_group(s, g, pool);
+      watchdog.end();
     } catch (const CudaError& e) {
+      watchdog.end();
       // time_gpu names the row that failed; a failure outside it (allocation,
       // upload) goes to the first row without a result. An error that sticks
       // (illegal address, ...) poisons the context for the rest of the run.

@@ -7,6 +7,7 @@
 //   flashattn-bench --gpu --decode  Nq = 1 KV-cache decode, contiguous and paged: KV-read GB/s
 //   --quick                         a seconds-long smoke sweep of the chosen mode
 //   --b --h --hkv --n --nk --d --causal 0|1 --dtype fp32|fp16|bf16 --reps R --threads T --no-torch
+//   --max-seconds S / --row-timeout S   bounds of the GPU mode (a hung kernel ends the run with a partial table)
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,7 @@ void usage() {
       "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
       "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T]\n"
+      "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
       "default: CPU mode (fwd fp32 B=1 H=8 N=2048 D=64/128, causal and not; a bwd row; softmax GB/s).\n"
       "--gpu: forward of every CUDA rung for 16k tokens per batch, hidden 2048 (B = 16384/N, H = 2048/D),\n"
       "       N in 512..16k, D in 64/128/256, vs torch SDPA flash and cudnn; --bwd backward; --decode Nq=1.\n"
@@ -32,6 +34,7 @@ void usage() {
 
 int main(int argc, char** argv) {
   using flashattn::bench::Options;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log even if the run is killed
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -67,6 +70,8 @@ int main(int argc, char** argv) {
     else if (a == "--causal") o.causal = static_cast<int>(integer("--causal") != 0);
     else if (a == "--reps") o.reps = static_cast<int>(integer("--reps"));
     else if (a == "--threads") o.threads = static_cast<int>(integer("--threads"));
+    else if (a == "--max-seconds") o.max_seconds = static_cast<int>(integer("--max-seconds"));
+    else if (a == "--row-timeout") o.row_timeout = static_cast<int>(integer("--row-timeout"));
     else if (a == "--dtype") {
       o.dtype = value("--dtype");
       if (o.dtype == "float32") o.dtype = "fp32";
