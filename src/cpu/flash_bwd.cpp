@@ -88,19 +88,21 @@ Status flash_backward(const BwdParams& p) {
 
     auto item = [&](int64_t w) {
       const int64_t kb = w % nkb, hk = (w / nkb) % Hkv, b = w / (nkb * Hkv);
-      const int64_t j0 = kb * kBlockK, nk = std::min(kBlockK, Nk - j0), nkp = pad_cols(nk);
+      const int64_t j0 = kb * kBlockK, nk_blk = std::min(kBlockK, Nk - j0);
       const float* kt_blk = kt.data() + w * kt_size;
       const float* vt_blk = vt.data() + w * vt_size;
       const float* k_blk = kp.data() + ((b * Hkv + hk) * Nk + j0) * Dp;
-      std::fill(dk_acc.begin(), dk_acc.begin() + nk * Dp, 0.0f);
-      std::fill(dv_acc.begin(), dv_acc.begin() + nk * Dvp, 0.0f);
+      std::fill(dk_acc.begin(), dk_acc.begin() + nk_blk * Dp, 0.0f);
+      std::fill(dv_acc.begin(), dv_acc.begin() + nk_blk * Dvp, 0.0f);
       // P lives in s unless soft-capping needs the capped scores S for its derivative.
       float* pm = cap > 0.0f ? pb.data() : s.data();
 
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
         for (int64_t qb = 0; qb < nqb; ++qb) {
           const int64_t i0 = qb * kBlockQ, mq = std::min(kBlockQ, Nq - i0);
-          if (mask.key_end(i0 + mq - 1) <= j0 || mask.key_begin(i0) >= j0 + nk) continue;  // fully masked
+          if (mask.key_end(i0 + mq - 1) <= j0 || mask.key_begin(i0) >= j0 + nk_blk) continue;  // fully masked
+          // Keys past the last row's key_end are masked for every row of the q-block: skipped.
+          const int64_t nk = std::min(nk_blk, mask.key_end(i0 + mq - 1) - j0), nkp = pad_cols(nk);
           const bool full = mask.key_begin(i0 + mq - 1) <= j0 && mask.key_end(i0) >= j0 + nk;
           const int64_t row0 = (b * Hq + h) * Nq + i0;
           const float* q_blk = qs.data() + row0 * Dp;
@@ -140,7 +142,7 @@ Status flash_backward(const BwdParams& p) {
           gemm(mq, Dp, nk, ds.data(), kBlockK, false, k_blk, Dp, dq_t + row0 * Dp, Dp, true);
         }
 
-      for (int64_t r = 0; r < nk; ++r) {
+      for (int64_t r = 0; r < nk_blk; ++r) {
         const int64_t j = j0 + r;
         store_row(dk_acc.data() + r * Dp, D, 1.0f, p.dk, p.dtype,
                   b * p.dk_batch_stride + j * p.dk_row_stride + hk * p.dk_head_stride);

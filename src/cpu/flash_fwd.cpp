@@ -91,7 +91,9 @@ Status flash_forward(const FwdParams& p) {
       const int64_t kb_begin = j_begin / kBlockK;
       const int64_t kb_end = j_end > j_begin ? (j_end + kBlockK - 1) / kBlockK : kb_begin;
       for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
-        const int64_t j0 = kb * kBlockK, nk = std::min(kBlockK, Nk - j0), nkp = pad_cols(nk);
+        // Columns past the last row's key_end are masked for every row: not computed
+        // (on the causal diagonal this trims up to half of the block).
+        const int64_t j0 = kb * kBlockK, nk = std::min({kBlockK, Nk - j0, j_end - j0}), nkp = pad_cols(nk);
         const int64_t blk = (b * Hkv + hk) * nkb + kb;
         // S [mq x nkp] = Qs [mq x D] * Kt [D x nkp]
         gemm(mq, nkp, D, qs.data(), D, false, kt.data() + blk * kt_size, ld_kt, s.data(), kBlockK, false);
