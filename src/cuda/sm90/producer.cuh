@@ -18,7 +18,7 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
   int stage = 0;
   uint32_t phase = 0;
   uint32_t tile_iter = 0;
-  for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
+  for (int t = p.sched.first(); t < p.sched.total(); t = p.sched.next(t), ++tile_iter) {
     int m_block, head, b;
     p.sched.decode(t, m_block, head, b);
     int n_begin, n_end;
