@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "common/mask.h"
@@ -32,9 +33,9 @@ namespace {
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
 
-}  // namespace
-
-Status flash_backward(const BwdParams& p) {
+// All allocations happen outside the parallel regions, so running out of
+// memory surfaces as std::bad_alloc here (turned into a Status below).
+Status backward_impl(const BwdParams& p) {
   const Mask mask = make_mask(p);
   const float scale = effective_scale(p), cap = p.softcap;
   const int64_t D = p.head_dim, Dp = pad_cols(D), Dv = effective_head_dim_v(p), Dvp = pad_cols(Dv);
@@ -45,9 +46,11 @@ Status flash_backward(const BwdParams& p) {
   // --- 1. Pack ----------------------------------------------------------------------
   std::vector<float> qs(B * Hq * Nq * Dp), dos(B * Hq * Nq * Dvp), delta(B * Hq * Nq);
   const int64_t n_q_items = B * Hq * nqb;
-#pragma omp parallel num_threads(pick_threads(p.num_threads, max_threads, n_q_items))
+  const int nt_q = pick_threads(p.num_threads, max_threads, n_q_items);
+  std::vector<float> o_tiles(static_cast<size_t>(nt_q) * kBlockQ * Dvp);
+#pragma omp parallel num_threads(nt_q)
   {
-    std::vector<float> o_tile(kBlockQ * Dvp);
+    float* const o_tile = o_tiles.data() + omp_get_thread_num() * kBlockQ * Dvp;
 #pragma omp for schedule(static)
     for (int64_t w = 0; w < n_q_items; ++w) {
       const int64_t qb = w % nqb, h = (w / nqb) % Hq, b = w / (nqb * Hq);
@@ -58,9 +61,9 @@ Status flash_backward(const BwdParams& p) {
       load_rows_f32(p.dout, p.dtype, b * p.dout_batch_stride + i0 * p.dout_row_stride + h * p.dout_head_stride,
                     p.dout_row_stride, mq, Dv, 1.0f, dos.data() + row0 * Dvp, Dvp);
       load_rows_f32(p.o, p.dtype, b * p.o_batch_stride + i0 * p.o_row_stride + h * p.o_head_stride, p.o_row_stride,
-                    mq, Dv, 1.0f, o_tile.data(), Dvp);
+                    mq, Dv, 1.0f, o_tile, Dvp);
       for (int64_t r = 0; r < mq; ++r)
-        delta[row0 + r] = dot(dos.data() + (row0 + r) * Dvp, o_tile.data() + r * Dvp, Dvp);
+        delta[row0 + r] = dot(dos.data() + (row0 + r) * Dvp, o_tile + r * Dvp, Dvp);
     }
   }
   const int64_t n_kv_items = B * Hkv * nkb, kt_size = D * kBlockK, vt_size = Dv * kBlockK;
@@ -80,11 +83,19 @@ Status flash_backward(const BwdParams& p) {
   const int nt = pick_threads(p.num_threads, max_threads, n_kv_items);
   const int64_t dq_size = B * Hq * Nq * Dp;
   std::vector<float> dq_acc(static_cast<size_t>(nt) * dq_size, 0.0f);
+  // Per-thread tiles: S, P (softcap only), dP, dS [kBlockQ x kBlockK], dK [kBlockK x Dp], dV [kBlockK x Dvp].
+  const int64_t tile = kBlockQ * kBlockK, per_thread = 4 * tile + kBlockK * (Dp + Dvp);
+  std::vector<float> scratch(static_cast<size_t>(nt) * per_thread);
 #pragma omp parallel num_threads(nt)
   {
-    float* dq_t = dq_acc.data() + static_cast<int64_t>(omp_get_thread_num()) * dq_size;
-    std::vector<float> s(kBlockQ * kBlockK), pb(cap > 0.0f ? kBlockQ * kBlockK : 0), dp(kBlockQ * kBlockK),
-        ds(kBlockQ * kBlockK), dk_acc(kBlockK * Dp), dv_acc(kBlockK * Dvp);
+    const int64_t t = omp_get_thread_num();
+    float* const dq_t = dq_acc.data() + t * dq_size;
+    float* const s = scratch.data() + t * per_thread;
+    float* const pb = s + tile;
+    float* const dp = pb + tile;
+    float* const ds = dp + tile;
+    float* const dk_acc = ds + tile;
+    float* const dv_acc = dk_acc + kBlockK * Dp;
 
     auto item = [&](int64_t w) {
       const int64_t kb = w % nkb, hk = (w / nkb) % Hkv, b = w / (nkb * Hkv);
@@ -92,10 +103,10 @@ Status flash_backward(const BwdParams& p) {
       const float* kt_blk = kt.data() + w * kt_size;
       const float* vt_blk = vt.data() + w * vt_size;
       const float* k_blk = kp.data() + ((b * Hkv + hk) * Nk + j0) * Dp;
-      std::fill(dk_acc.begin(), dk_acc.begin() + nk_blk * Dp, 0.0f);
-      std::fill(dv_acc.begin(), dv_acc.begin() + nk_blk * Dvp, 0.0f);
+      std::fill(dk_acc, dk_acc + nk_blk * Dp, 0.0f);
+      std::fill(dv_acc, dv_acc + nk_blk * Dvp, 0.0f);
       // P lives in s unless soft-capping needs the capped scores S for its derivative.
-      float* pm = cap > 0.0f ? pb.data() : s.data();
+      float* const pm = cap > 0.0f ? pb : s;
 
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
         for (int64_t qb = 0; qb < nqb; ++qb) {
@@ -109,9 +120,9 @@ Status flash_backward(const BwdParams& p) {
           const float* do_blk = dos.data() + row0 * Dvp;
 
           // S [mq x nkp] = Qs [mq x D] * K^T [D x nkp]
-          gemm(mq, nkp, D, q_blk, Dp, false, kt_blk, kBlockK, s.data(), kBlockK, false);
+          gemm(mq, nkp, D, q_blk, Dp, false, kt_blk, kBlockK, s, kBlockK, false);
           for (int64_t r = 0; r < mq; ++r) {
-            float* srow = s.data() + r * kBlockK;
+            float* srow = s + r * kBlockK;
             if (cap > 0.0f) softcap_row(srow, nkp, cap);
             if (!full) {
               const int64_t lo = mask.key_begin(i0 + r) - j0, hi = mask.key_end(i0 + r) - j0;
@@ -130,23 +141,23 @@ Status flash_backward(const BwdParams& p) {
             }
           }
           // dV [nk x Dvp] += P^T [nk x mq] * dO [mq x Dvp]
-          gemm(nk, Dvp, mq, pm, kBlockK, true, do_blk, Dvp, dv_acc.data(), Dvp, true);
+          gemm(nk, Dvp, mq, pm, kBlockK, true, do_blk, Dvp, dv_acc, Dvp, true);
           // dP [mq x nkp] = dO [mq x Dv] * V^T [Dv x nkp]
-          gemm(mq, nkp, Dv, do_blk, Dvp, false, vt_blk, kBlockK, dp.data(), kBlockK, false);
+          gemm(mq, nkp, Dv, do_blk, Dvp, false, vt_blk, kBlockK, dp, kBlockK, false);
           for (int64_t r = 0; r < mq; ++r)
-            ds_row(pm + r * kBlockK, dp.data() + r * kBlockK, s.data() + r * kBlockK, ds.data() + r * kBlockK, nkp,
+            ds_row(pm + r * kBlockK, dp + r * kBlockK, s + r * kBlockK, ds + r * kBlockK, nkp,
                    delta[row0 + r], cap);
           // dK [nk x Dp] += dS^T [nk x mq] * Qs [mq x Dp]
-          gemm(nk, Dp, mq, ds.data(), kBlockK, true, q_blk, Dp, dk_acc.data(), Dp, true);
+          gemm(nk, Dp, mq, ds, kBlockK, true, q_blk, Dp, dk_acc, Dp, true);
           // dQ [mq x Dp] += dS [mq x nk] * K [nk x Dp]   (times scale at the end)
-          gemm(mq, Dp, nk, ds.data(), kBlockK, false, k_blk, Dp, dq_t + row0 * Dp, Dp, true);
+          gemm(mq, Dp, nk, ds, kBlockK, false, k_blk, Dp, dq_t + row0 * Dp, Dp, true);
         }
 
       for (int64_t r = 0; r < nk_blk; ++r) {
         const int64_t j = j0 + r;
-        store_row(dk_acc.data() + r * Dp, D, 1.0f, p.dk, p.dtype,
+        store_row(dk_acc + r * Dp, D, 1.0f, p.dk, p.dtype,
                   b * p.dk_batch_stride + j * p.dk_row_stride + hk * p.dk_head_stride);
-        store_row(dv_acc.data() + r * Dvp, Dv, 1.0f, p.dv, p.dtype,
+        store_row(dv_acc + r * Dvp, Dv, 1.0f, p.dv, p.dtype,
                   b * p.dv_batch_stride + j * p.dv_row_stride + hk * p.dv_head_stride);
       }
     };
@@ -174,6 +185,17 @@ Status flash_backward(const BwdParams& p) {
     store_row(acc, D, scale, p.dq, p.dtype, b * p.dq_batch_stride + i * p.dq_row_stride + h * p.dq_head_stride);
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status flash_backward(const BwdParams& p) {
+  try {
+    return backward_impl(p);
+  } catch (const std::bad_alloc&) {
+    return Status::Invalid("cpu_flash backward: out of host memory for its fp32 scratch (Q, dO, K packed to fp32 "
+                           "and one fp32 dQ accumulator per thread; try fewer num_threads)");
+  }
 }
 
 }  // namespace cpu

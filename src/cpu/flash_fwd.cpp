@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <vector>
 
 #include "common/mask.h"
@@ -37,9 +38,7 @@ constexpr int64_t kBlockK = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-}  // namespace
-
-Status flash_forward(const FwdParams& p) {
+Status forward_impl(const FwdParams& p) {
   const Mask mask = make_mask(p);
   const float scale = effective_scale(p);
   // Scores in base 2: S = log2(e) * scale * Q K^T, so exp becomes exp2. With a
@@ -69,11 +68,19 @@ Status flash_forward(const FwdParams& p) {
 
   // --- 2. One work item per (batch, head, q-block) ----------------------------------
   const int64_t n_items = p.batch * Hq * nqb;
-#pragma omp parallel num_threads(pick_threads(p.num_threads, max_threads, n_items))
+  const int nt = pick_threads(p.num_threads, max_threads, n_items);
+  // Per-thread scratch, allocated once per call (and outside the parallel region,
+  // so running out of memory is a Status, not std::terminate):
+  //   Qs [kBlockQ x D], S/P [kBlockQ x kBlockK], O [kBlockQ x Dvp], row max and sum [kBlockQ].
+  const int64_t per_thread = kBlockQ * (D + kBlockK + Dvp + 2);
+  std::vector<float> scratch(static_cast<size_t>(nt) * per_thread);
+#pragma omp parallel num_threads(nt)
   {
-    // Per-thread scratch, allocated once per call.
-    std::vector<float> qs(kBlockQ * D), s(kBlockQ * kBlockK), o(kBlockQ * Dvp);
-    std::vector<float> row_max(kBlockQ), row_sum(kBlockQ);  // online-softmax statistics (base 2)
+    float* const qs = scratch.data() + omp_get_thread_num() * per_thread;
+    float* const s = qs + kBlockQ * D;
+    float* const o = s + kBlockQ * kBlockK;
+    float* const row_max = o + kBlockQ * Dvp;  // online-softmax statistics (base 2)
+    float* const row_sum = row_max + kBlockQ;
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < n_items; ++w) {
@@ -81,10 +88,10 @@ Status flash_forward(const FwdParams& p) {
       const int64_t qb = nqb - 1 - w % nqb, h = (w / nqb) % Hq, b = w / (nqb * Hq), hk = h / group;
       const int64_t i0 = qb * kBlockQ, mq = std::min(kBlockQ, Nq - i0);
       load_rows_f32(p.q, p.dtype, b * p.q_batch_stride + i0 * p.q_row_stride + h * p.q_head_stride, p.q_row_stride,
-                    mq, D, q_scale, qs.data(), D);
-      std::fill(o.begin(), o.begin() + mq * Dvp, 0.0f);
-      std::fill(row_max.begin(), row_max.end(), -INFINITY);
-      std::fill(row_sum.begin(), row_sum.end(), 0.0f);
+                    mq, D, q_scale, qs, D);
+      std::fill(o, o + mq * Dvp, 0.0f);
+      std::fill(row_max, row_max + kBlockQ, -INFINITY);
+      std::fill(row_sum, row_sum + kBlockQ, 0.0f);
 
       // Keys any row of the block sees: key_begin / key_end grow with the row.
       const int64_t j_begin = mask.key_begin(i0), j_end = mask.key_end(i0 + mq - 1);
@@ -96,16 +103,16 @@ Status flash_forward(const FwdParams& p) {
         const int64_t j0 = kb * kBlockK, nk = std::min({kBlockK, Nk - j0, j_end - j0}), nkp = pad_cols(nk);
         const int64_t blk = (b * Hkv + hk) * nkb + kb;
         // S [mq x nkp] = Qs [mq x D] * Kt [D x nkp]
-        gemm(mq, nkp, D, qs.data(), D, false, kt.data() + blk * kt_size, ld_kt, s.data(), kBlockK, false);
+        gemm(mq, nkp, D, qs, D, false, kt.data() + blk * kt_size, ld_kt, s, kBlockK, false);
         if (p.softcap > 0.0f)
           for (int64_t r = 0; r < mq; ++r) {
-            softcap_row(s.data() + r * kBlockK, nkp, p.softcap);
-            scale_row(s.data() + r * kBlockK, nkp, kLog2e);
+            softcap_row(s + r * kBlockK, nkp, p.softcap);
+            scale_row(s + r * kBlockK, nkp, kLog2e);
           }
         // Mask only blocks the mask cuts (and the zero padding past seqlen_k).
         const bool full = mask.key_begin(i0 + mq - 1) <= j0 && mask.key_end(i0) >= j0 + nk;
         for (int64_t r = 0; r < mq; ++r) {
-          float* srow = s.data() + r * kBlockK;
+          float* srow = s + r * kBlockK;
           if (!full) {
             const int64_t lo = mask.key_begin(i0 + r) - j0, hi = mask.key_end(i0 + r) - j0;
             for (int64_t c = 0; c < nk; ++c)
@@ -114,9 +121,9 @@ Status flash_forward(const FwdParams& p) {
           for (int64_t c = nk; c < nkp; ++c) srow[c] = -INFINITY;
         }
         // Online softmax (base 2), P overwrites S; rescales O rows whose max moved.
-        softmax_block_log2(s.data(), kBlockK, mq, nkp, row_max.data(), row_sum.data(), o.data(), Dvp, Dvp);
+        softmax_block_log2(s, kBlockK, mq, nkp, row_max, row_sum, o, Dvp, Dvp);
         // O [mq x Dvp] += P [mq x nk] * Vp [nk x Dvp]
-        gemm(mq, Dvp, nk, s.data(), kBlockK, false, vp.data() + blk * vp_size, ld_vp, o.data(), Dvp, true);
+        gemm(mq, Dvp, nk, s, kBlockK, false, vp.data() + blk * vp_size, ld_vp, o, Dvp, true);
       }
 
       // Normalize and store; fully masked rows (sum 0) get O = 0 and LSE = -inf.
@@ -124,13 +131,24 @@ Status flash_forward(const FwdParams& p) {
       for (int64_t r = 0; r < mq; ++r) {
         const float sum = row_sum[r];
         const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        store_row(o.data() + r * Dvp, Dv, inv, p.o, p.dtype,
+        store_row(o + r * Dvp, Dv, inv, p.o, p.dtype,
                   b * p.o_batch_stride + (i0 + r) * p.o_row_stride + h * p.o_head_stride);
         if (p.lse) p.lse[(b * Hq + h) * Nq + i0 + r] = sum > 0.0f ? kLn2 * (row_max[r] + std::log2(sum)) : -INFINITY;
       }
     }
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status flash_forward(const FwdParams& p) {
+  try {
+    return forward_impl(p);
+  } catch (const std::bad_alloc&) {
+    return Status::Invalid("cpu_flash forward: out of host memory for its fp32 scratch (K and V are packed "
+                           "to fp32 once per call: about 2 x batch x heads_kv x seqlen_k x head_dim floats)");
+  }
 }
 
 }  // namespace cpu
