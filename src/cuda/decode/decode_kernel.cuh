@@ -37,7 +37,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBlockN = 64;    // keys per pipeline stage (16 per warp)
 constexpr int kTileRows = 16;  // query rows per tile (the mma M)
 constexpr int kMaxRowTiles = 4;
-constexpr int kMaxSplits = 256;  // validate caps num_splits; the heuristic stays below
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -191,6 +190,16 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
     return (a.cu_q ? 0 : static_cast<int64_t>(b) * bs) + row * rs + h * hs;
   };
 
+  // Q tile -> shared memory (zeros for missing rows).
+  const T* q = static_cast<const T*>(a.q);
+  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int64_t off = q_row_offset(tile * kTileRows + r, a.q_bs, a.q_rs, a.q_hs);
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (off >= 0) val = *reinterpret_cast<const uint4*>(q + off + c * 8);
+    *reinterpret_cast<uint4*>(sQ + swz<D>(r, c)) = val;
+  }
+
   // Issue the cp.asyncs of key block n of this split into stage n % kStages.
   const T* kbase = static_cast<const T*>(a.k) + static_cast<int64_t>(hkv) * a.k_hs;
   const T* vbase = static_cast<const T*>(a.v) + static_cast<int64_t>(hkv) * a.v_hs;
@@ -202,21 +211,15 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
     T* dv = sV + stage * kBlockN * D;
     const int key0 = key_lo + n * kBlockN;
     const int c = tid % kChunks;
-    constexpr int kStep = kThreads / kChunks;  // rows between one thread's loads
-    // Paged: (page index, slot) of key j, advanced without a division per row.
-    int pi = 0, slot = 0;
-    if (bt) {
-      pi = (key0 + tid / kChunks) / a.page_size;
-      slot = key0 + tid / kChunks - pi * a.page_size;
-    }
 #pragma unroll
-    for (int r = tid / kChunks; r < kBlockN; r += kStep) {
+    for (int r = tid / kChunks; r < kBlockN; r += kThreads / kChunks) {
       const int j = key0 + r;
       bool ok = j < key_hi;
       int64_t ko = 0, vo = 0;
       if (ok) {
         if (bt) {
-          const int page = bt[pi];
+          const int page = bt[j / a.page_size];
+          const int slot = j % a.page_size;
           ok = page >= 0 && page < a.num_pages;
           ko = static_cast<int64_t>(page) * a.k_bs + static_cast<int64_t>(slot) * a.k_rs;
           vo = static_cast<int64_t>(page) * a.v_bs + static_cast<int64_t>(slot) * a.v_rs;
@@ -230,33 +233,14 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
       }
       cp_async16(dk + swz<D>(r, c), ok ? kbase + ko + c * 8 : kbase, ok ? 16 : 0);
       cp_async16(dv + swz<D>(r, c), ok ? vbase + vo + c * 8 : vbase, ok ? 16 : 0);
-      if (bt) {
-        slot += kStep;
-        while (slot >= a.page_size) {
-          slot -= a.page_size;
-          ++pi;
-        }
-      }
     }
   };
 
-  // Prologue first, so the first K/V loads are in flight while Q is fetched.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_blocks) load_block(s);
     cp_async_commit();
   }
-
-  // Q tile -> shared memory (zeros for missing rows).
-  const T* q = static_cast<const T*>(a.q);
-  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const int64_t off = q_row_offset(tile * kTileRows + r, a.q_bs, a.q_rs, a.q_hs);
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (off >= 0) val = *reinterpret_cast<const uint4*>(q + off + c * 8);
-    *reinterpret_cast<uint4*>(sQ + swz<D>(r, c)) = val;
-  }
-
   __syncthreads();  // sQ written
 
   // Q fragments (A operand) for all D/16 k-steps, kept in registers.
@@ -469,27 +453,21 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeArgs a)
     other.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
     st = merge(st, other);
   }
-  // Weight of each split, exp(LSE_s - LSE), in shared memory: the O loop below
-  // then has only independent loads (unrolled, many in flight).
-  __shared__ float s_weight[8][kMaxSplits];
-  float* w = s_weight[threadIdx.x >> 5];
-  for (int s = lane; s < a.splits; s += 32)
-    w[s] = st.sum > 0.0f ? rescale_factor(a.lse_part[s * split_stride + row], st.max) / st.sum : 0.0f;
-  __syncwarp();
   const int64_t oo = a.cu_q ? (static_cast<int64_t>(a.cu_q[b]) + i) * a.o_rs
                             : static_cast<int64_t>(b) * a.o_bs + static_cast<int64_t>(i) * a.o_rs;
   T* o = static_cast<T*>(a.o) + oo + static_cast<int64_t>(h) * a.o_hs;
   for (int d = lane * 4; d < D; d += 128) {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int s = 0; s < a.splits; ++s) {
-      const float f = w[s];
-      const float4 x = *reinterpret_cast<const float4*>(a.o_part + (s * split_stride + row) * D + d);
-      acc.x += f * x.x;
-      acc.y += f * x.y;
-      acc.z += f * x.z;
-      acc.w += f * x.w;
-    }
+    if (st.sum > 0.0f)
+      for (int s = 0; s < a.splits; ++s) {
+        const float f = rescale_factor(a.lse_part[s * split_stride + row], st.max) / st.sum;
+        if (f == 0.0f) continue;
+        const float4 x = *reinterpret_cast<const float4*>(a.o_part + (s * split_stride + row) * D + d);
+        acc.x += f * x.x;
+        acc.y += f * x.y;
+        acc.z += f * x.z;
+        acc.w += f * x.w;
+      }
     uint2 packed;
     packed.x = pack2<T>(acc.x, acc.y);
     packed.y = pack2<T>(acc.z, acc.w);
