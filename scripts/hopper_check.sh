@@ -35,7 +35,7 @@ g++ -O2 -std=c++17 scripts/hopper_timing.cpp -Iinclude -I/usr/local/cuda/include
   $(pkg-config --libs libhwy 2>/dev/null) -L/usr/local/cuda/lib64 -lcudart -fopenmp -o /tmp/ht || exit 1
 MODE=${TIMING_MODE:-quick}
 timeout 60 /tmp/ht $MODE 2>&1 | tee "$OUT/timing.txt"
-for v in no_overlap no_persistent no_snake pingpong tma_store; do
+for v in no_overlap no_persistent pingpong; do
   FLASHATTN_HOPPER_VARIANT=$v timeout 40 /tmp/ht $MODE 2>&1 | grep hopper | sed "s/^/$v /" | tee -a "$OUT/timing.txt"
 done
 timeout 90 python3 scripts/hopper_torch_timing.py $MODE 2>&1 | tee "$OUT/torch.txt"

@@ -41,15 +41,8 @@ struct BlockMask {
     return !(mask.key_begin(r1) <= c0 && mask.key_end(r0) >= c1);
   }
 
-  // Keys row `row` sees, as [*lo, *hi) relative to the block starting at key c0,
-  // clamped to [0, kBlockN] (lo >= hi: none).
-  __device__ __forceinline__ void visible_cols(int64_t row, int64_t c0, int* lo, int* hi) const {
-    int64_t b = mask.key_begin(row) - c0;
-    int64_t e = mask.key_end(row);
-    if (e > mask.seqlen_k) e = mask.seqlen_k;
-    e -= c0;
-    *lo = static_cast<int>(b < 0 ? 0 : (b > kBlockN ? kBlockN : b));
-    *hi = static_cast<int>(e < 0 ? 0 : (e > kBlockN ? kBlockN : e));
+  __device__ __forceinline__ bool visible(int64_t row, int64_t col) const {
+    return col < mask.seqlen_k && mask.visible(row, col);
   }
 };
 

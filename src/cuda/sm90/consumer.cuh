@@ -33,8 +33,8 @@ struct Consumer {
   using MmaO = Wgmma<D, Tr::kBF16>;
 
   // Q rows of warpgroup wg, k-step kk (16 columns): chunk kk/4, +32 B inside it.
-  static __device__ __forceinline__ uint64_t desc_q(const SharedStorage<Tr>& s, int wg, int qs, int kk) {
-    const uint32_t a = smem_addr(s.q[qs]) + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
+  static __device__ __forceinline__ uint64_t desc_q(const SharedStorage<Tr>& s, int wg, int kk) {
+    const uint32_t a = smem_addr(s.q) + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
     return make_desc(a, 16, 1024);
   }
   static __device__ __forceinline__ uint64_t desc_k(const SharedStorage<Tr>& s, int stage, int kk) {
@@ -56,21 +56,14 @@ struct Consumer {
       for (int i = 0; i < BN / 2; ++i) sc[i] = fast_tanh(sc[i] * p.softcap_in);
     }
     if (bm.partial(m_block, n)) {
-      // Visible keys of each of the thread's two rows, relative to the block:
-      // [lo, hi). Two int64 bounds per row, then one compare pair per element.
-      const int64_t c0 = static_cast<int64_t>(n) * BN;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        int lo, hi;
-        bm.visible_cols(row0 + 8 * r, c0, &lo, &hi);
+      for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int col = 8 * j + 2 * (lane % 4) + e;
-            if (col < lo || col >= hi) sc[4 * j + 2 * r + e] = -INFINITY;
-          }
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int64_t row = row0 + 8 * (e / 2);
+          const int64_t col = static_cast<int64_t>(n) * BN + 8 * j + 2 * (lane % 4) + (e % 2);
+          if (!bm.visible(row, col)) sc[4 * j + e] = -INFINITY;
+        }
     }
   }
 
@@ -121,18 +114,11 @@ struct Consumer {
     }
   }
 
-  static __device__ __forceinline__ void issue_s(const SharedStorage<Tr>& s, float (&sc)[BN / 2], int wg, int qs,
-                                                 int stage) {
+  static __device__ __forceinline__ void issue_s(const SharedStorage<Tr>& s, float (&sc)[BN / 2], int wg, int stage) {
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, desc_q(s, wg, qs, kk), desc_k(s, stage, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, desc_q(s, wg, kk), desc_k(s, stage, kk), kk > 0);
     wgmma_commit();
-  }
-  // After the last S GEMM of a tile: the producer may refill this Q buffer.
-  static __device__ __forceinline__ void release_q(SharedStorage<Tr>& s, int qs, int lane, bool skip) {
-    if (skip) return;  // released by the TMA-store epilogue instead
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&s.q_empty[qs]);
   }
   static __device__ __forceinline__ void issue_o(const SharedStorage<Tr>& s, float (&o)[D / 2],
                                                  uint32_t (&pa)[BN / 16][4], int stage) {
@@ -161,11 +147,8 @@ struct Consumer {
   //   issue S_n; issue O += P_{n-1} V_{n-1}; wait S_n (wait_group 1); softmax(S_n);
   //   wait O (wait_group 0); rescale O; P_n = S_n.
   // Without it every wgmma is waited for right away (the plain FA2 order).
-  // kTmaStore: the TMA-store epilogue reuses the tile's Q buffer, so Q is
-  // released after the store instead of after the last S GEMM (needs 2 Q buffers).
-  template <bool kOverlap, bool kTmaStore>
-  static __device__ void run(SharedStorage<Tr>& s, const KernelParams& p, const void* tm_o) {
-    static_assert(!kTmaStore || Tr::kQStages > 1, "the TMA-store epilogue needs two Q buffers");
+  template <bool kOverlap>
+  static __device__ void run(SharedStorage<Tr>& s, const KernelParams& p) {
     const int ctid = threadIdx.x - 128;
     const int wg = ctid / 128;
     const int warp_in_wg = (ctid % 128) / 32;
@@ -178,7 +161,7 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    for (int t = p.sched.first(); t < p.sched.total(); t = p.sched.next(t), ++tile_iter) {
+    for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
       int m_block, head, b;
       p.sched.decode(t, m_block, head, b);
       int n_begin, n_end;
@@ -192,9 +175,11 @@ struct Consumer {
       float row_sum[2] = {0.0f, 0.0f};
       float corr[2];
 
-      const int qs = tile_iter % Tr::kQStages;
-      mbar_wait(&s.q_full[qs], (tile_iter / Tr::kQStages) & 1);
-      if (n_end <= n_begin) release_q(s, qs, lane, kTmaStore);
+      mbar_wait(&s.q_full, tile_iter & 1);
+      if (n_end <= n_begin) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&s.q_empty);
+      }
       if constexpr (kOverlap) {
         if (n_end > n_begin) {
           uint32_t pa[BN / 16][4];
@@ -202,13 +187,16 @@ struct Consumer {
             float sc[BN / 2];
             mbar_wait(&s.k_full[stage], phase);
             turn_begin(p, wg);
-            issue_s(s, sc, wg, qs, stage);
+            issue_s(s, sc, wg, stage);
             turn_end(p, wg);
             wgmma_wait<0>();
             fence_regs(sc);
-            if (n_begin == n_end - 1) release_q(s, qs, lane, kTmaStore);
+            if (n_begin == n_end - 1) {
+              __syncwarp();
+              if (lane == 0) mbar_arrive(&s.q_empty);
+            }
             score_mod(p, bm, sc, m_block, n_begin, row0, lane);
-            softmax(sc, row_max, row_sum, corr, sl2);  // corr = 0 here, O = 0
+            softmax(sc, row_max, row_sum, corr, sl2);
             pack_p(sc, pa);
           }
           int prev_stage = stage;
@@ -220,21 +208,24 @@ struct Consumer {
           for (int n = n_begin + 1; n < n_end; ++n) {
             float sc[BN / 2];
             mbar_wait(&s.k_full[stage], phase);
-            turn_begin(p, wg);
-            issue_s(s, sc, wg, qs, stage);
-            rescale_o(o, corr);  // while S_n runs; O += P_{n-1} V_{n-1} needs it
             mbar_wait(&s.v_full[prev_stage], prev_phase);
+            turn_begin(p, wg);
+            issue_s(s, sc, wg, stage);
             issue_o(s, o, pa, prev_stage);
             turn_end(p, wg);
             wgmma_wait<1>();  // S_n is done, O += P V may still run
             fence_regs(sc);
-            if (n == n_end - 1) release_q(s, qs, lane, kTmaStore);
+            if (n == n_end - 1) {
+              __syncwarp();
+              if (lane == 0) mbar_arrive(&s.q_empty);
+            }
             score_mod(p, bm, sc, m_block, n, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
             wgmma_wait<0>();
             fence_regs(o);
             __syncwarp();
             if (lane == 0) mbar_arrive(&s.kv_empty[prev_stage]);
+            rescale_o(o, corr);
             pack_p(sc, pa);
             prev_stage = stage;
             prev_phase = phase;
@@ -243,7 +234,6 @@ struct Consumer {
               phase ^= 1;
             }
           }
-          rescale_o(o, corr);
           mbar_wait(&s.v_full[prev_stage], prev_phase);
           turn_begin(p, wg);
           issue_o(s, o, pa, prev_stage);
@@ -257,10 +247,13 @@ struct Consumer {
         for (int n = n_begin; n < n_end; ++n) {
           float sc[BN / 2];
           mbar_wait(&s.k_full[stage], phase);
-          issue_s(s, sc, wg, qs, stage);
+          issue_s(s, sc, wg, stage);
           wgmma_wait<0>();
           fence_regs(sc);
-          if (n == n_end - 1) release_q(s, qs, lane, kTmaStore);  // last use of Q in this tile
+          if (n == n_end - 1) {  // last use of Q in this tile
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&s.q_empty);
+          }
           score_mod(p, bm, sc, m_block, n, row0, lane);
           softmax(sc, row_max, row_sum, corr, sl2);
           rescale_o(o, corr);
@@ -278,12 +271,7 @@ struct Consumer {
           }
         }
       }
-      if constexpr (kTmaStore) {
-        epilogue_tma<Tr>(p, tm_o, s.q[qs], &s.q_empty[qs], o, row_max, row_sum, m_block, wg, warp_in_wg, lane, head,
-                         b);
-      } else {
-        epilogue<Tr>(p, o, row_max, row_sum, row0, head, b, lane);
-      }
+      epilogue<Tr>(p, o, row_max, row_sum, row0, head, b, lane);
     }
   }
 };

@@ -122,13 +122,6 @@ Status run(const FwdParams& p) {
   const bool no_persistent = variant && std::strstr(variant, "no_persistent");
   a.no_overlap = variant && std::strstr(variant, "no_overlap");
   k.pingpong = variant && std::strstr(variant, "pingpong");
-  k.sched.snake = !(variant && std::strstr(variant, "no_snake"));
-  k.tma_store = Tr::kQStages > 1 && variant && std::strstr(variant, "tma_store");
-  if (k.tma_store) {
-    st = make_map(&a.tm_o, "o", p.o, p.dtype, p.head_dim, p.seqlen_q, p.heads_q, p.batch, p.o_row_stride,
-                  p.o_head_stride, p.o_batch_stride, Tr::kBlockM / 2);
-    if (!st.ok()) return st;
-  }
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
   return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);

@@ -13,11 +13,10 @@
 
 namespace flashattn { namespace cuda { namespace sm90 {
 
-template <class Tr, bool kOverlap, bool kTmaStore>
+template <class Tr, bool kOverlap>
 __global__ void __launch_bounds__(kNumThreads, 1)
     hopper_fwd_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                      const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
-                      const __grid_constant__ KernelParams p) {
+                      const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ KernelParams p) {
   extern __shared__ uint8_t smem_raw[];
   auto& s = *reinterpret_cast<SharedStorage<Tr>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                   ~static_cast<uintptr_t>(1023));
@@ -26,10 +25,8 @@ __global__ void __launch_bounds__(kNumThreads, 1)
     prefetch_tensormap(&tm_q);
     prefetch_tensormap(&tm_k);
     prefetch_tensormap(&tm_v);
-    for (int i = 0; i < Tr::kQStages; ++i) {
-      mbar_init(&s.q_full[i], 1);
-      mbar_init(&s.q_empty[i], kConsumerWarps);
-    }
+    mbar_init(&s.q_full, 1);
+    mbar_init(&s.q_empty, kConsumerWarps);
     for (int i = 0; i < Tr::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
@@ -46,20 +43,20 @@ __global__ void __launch_bounds__(kNumThreads, 1)
   } else {
     // 128 x 24 + 256 x 240 = 64512 <= 65536 registers.
     setmaxnreg_inc<240>();
-    Consumer<Tr>::template run<kOverlap, kTmaStore>(s, p, &tm_o);
+    Consumer<Tr>::template run<kOverlap>(s, p);
   }
 }
 
-template <class Tr, bool kOverlap, bool kTmaStore = false>
+template <class Tr, bool kOverlap>
 Status launch_variant(const LaunchArgs& a) {
   constexpr int smem = smem_bytes<Tr>();
   static bool attr_set = false;
   if (!attr_set) {
-    FA_CUDA_CHECK(cudaFuncSetAttribute(hopper_fwd_kernel<Tr, kOverlap, kTmaStore>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    FA_CUDA_CHECK(cudaFuncSetAttribute(hopper_fwd_kernel<Tr, kOverlap>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        smem));
     attr_set = true;
   }
-  hopper_fwd_kernel<Tr, kOverlap, kTmaStore><<<a.grid, kNumThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.tm_o, a.params);
+  hopper_fwd_kernel<Tr, kOverlap><<<a.grid, kNumThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.params);
   FA_CUDA_CHECK_LAUNCH("hopper_fwd_kernel");
   return Status::Ok();
 }
@@ -70,7 +67,6 @@ Status launch_hopper_fwd(const LaunchArgs& a) {
   // hdim 256: O alone is 128 registers; with a second S in flight ptxas spills
   // in the main loop, so 256 runs without the intra-warpgroup overlap.
   if constexpr (kHeadDim <= 128) {
-    if (a.params.tma_store) return launch_variant<Tr, true, true>(a);
     if (!a.no_overlap) return launch_variant<Tr, true>(a);
   }
   return launch_variant<Tr, false>(a);

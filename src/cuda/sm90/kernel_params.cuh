@@ -26,14 +26,13 @@ struct KernelParams {
   float score_scale_log2 = 0.0f;  // score_scale * log2(e)
   Mask mask;
   TileScheduler sched;
-  bool tma_store = false;  // epilogue through smem + TMA store (head dims <= 128)
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
 };
 
 // Everything one launch needs; built by hopper_fwd.cu, consumed by the
 // instantiation files (launch_hopper_fwd<D, BF16> in kernel.cuh).
 struct LaunchArgs {
-  CUtensorMap tm_q, tm_k, tm_v, tm_o;  // tm_o: only with params.tma_store
+  CUtensorMap tm_q, tm_k, tm_v;
   KernelParams params;
   int grid = 0;
   cudaStream_t stream = nullptr;

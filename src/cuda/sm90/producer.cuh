@@ -18,21 +18,18 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
   int stage = 0;
   uint32_t phase = 0;
   uint32_t tile_iter = 0;
-  for (int t = p.sched.first(); t < p.sched.total(); t = p.sched.next(t), ++tile_iter) {
+  for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
     int m_block, head, b;
     p.sched.decode(t, m_block, head, b);
     int n_begin, n_end;
     bm.range(m_block, &n_begin, &n_end);
     const int head_kv = head / p.group;
-    // Q of this tile (always loaded, so the q barriers advance once per tile),
-    // into buffer tile_iter % kQStages: with 2 buffers it lands while the
-    // consumers still work on the previous tile.
-    const int qs = tile_iter % Tr::kQStages;
-    mbar_wait(&s.q_empty[qs], ((tile_iter / Tr::kQStages) & 1) ^ 1);
-    mbar_arrive_expect_tx(&s.q_full[qs], Tr::kQBytes);
+    // Q of this tile (always loaded, so the q barriers advance once per tile).
+    mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
+    mbar_arrive_expect_tx(&s.q_full, Tr::kQBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
-      tma_load_4d(s.q[qs] + c * Tr::kBlockM * 128, tm_q, &s.q_full[qs], c * 64, m_block * Tr::kBlockM, head, b);
+      tma_load_4d(s.q + c * Tr::kBlockM * 128, tm_q, &s.q_full, c * 64, m_block * Tr::kBlockM, head, b);
     for (int n = n_begin; n < n_end; ++n) {
       mbar_wait(&s.kv_empty[stage], phase ^ 1);
       mbar_arrive_expect_tx(&s.k_full[stage], Tr::kKBytes);

@@ -1,4 +1,4 @@
-// Persistent tile scheduler: grid = #SMs, CTA i runs one tile per round (see next()).
+// Persistent tile scheduler: grid = #SMs, CTA i runs tiles i, i + grid, ...
 // A tile is (m_block, head, batch) of 128 query rows.
 //   Non-causal: m_block fastest, so the CTAs running at the same time share the
 //   K/V of one or two heads (and of one KV group under GQA): K/V stay in L2.
@@ -15,20 +15,8 @@ struct TileScheduler {
   int heads = 0;
   int batch = 0;
   bool longest_first = false;
-  bool snake = true;
 
   __host__ __device__ int total() const { return num_m_blocks * heads * batch; }
-
-  // Round r of the grid runs tiles [r * grid, (r + 1) * grid), CTA i taking
-  // tile i in even rounds and grid - 1 - i in odd ones ("snake"): with tiles
-  // sorted longest first, no CTA gets the longest tile of every round.
-  __device__ __forceinline__ int first() const { return blockIdx.x; }
-  __device__ __forceinline__ int next(int t) const {
-    const int g = gridDim.x;
-    if (!snake) return t + g;
-    const int r = t / g + 1;
-    return r * g + ((r & 1) ? g - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x));
-  }
 
   __device__ __forceinline__ void decode(int t, int& m_block, int& head, int& b) const {
     int bh;

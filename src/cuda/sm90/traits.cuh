@@ -19,9 +19,6 @@ struct Traits {
   // 227 KB of smem and S (40 regs) + O (128 regs) in 240 registers.
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80;
   static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;
-  // Q buffers: 2 lets the next tile's Q load during this tile (short
-  // sequences); 256 has no room for a second one.
-  static constexpr int kQStages = kHeadDim <= 128 ? 2 : 1;
   // A tile row of head_dim is stored as kChunks column chunks of 64 elements
   // (128 bytes = one 128B-swizzle atom row); chunk c of a tile with R rows
   // starts at c * R * 128 bytes. TMA writes one chunk per copy.
@@ -34,11 +31,11 @@ struct Traits {
 
 template <class Tr>
 struct SharedStorage {
-  alignas(1024) uint8_t q[Tr::kQStages][Tr::kQBytes];
+  alignas(1024) uint8_t q[Tr::kQBytes];
   alignas(1024) uint8_t k[Tr::kStages][Tr::kKBytes];
   alignas(1024) uint8_t v[Tr::kStages][Tr::kVBytes];
-  uint64_t q_full[Tr::kQStages];     // TMA of Q landed
-  uint64_t q_empty[Tr::kQStages];    // consumers are done with Q (8 warp arrivals)
+  uint64_t q_full;                   // TMA of Q landed
+  uint64_t q_empty;                  // consumers are done with Q (8 warp arrivals)
   uint64_t k_full[Tr::kStages];      // TMA of K landed
   uint64_t v_full[Tr::kStages];      // TMA of V landed
   uint64_t kv_empty[Tr::kStages];    // consumers are done with K and V of the stage
