@@ -3,6 +3,8 @@
 // Included only by the per-instantiation files fa2_fwd_hdimNNN_<dtype>.cu.
 #pragma once
 
+#include <string>
+
 #include "cuda/cuda_utils.cuh"
 #include "cuda/fa2/fa2_fwd.h"
 #include "cuda/fa2/fa2_fwd_kernel.cuh"
@@ -21,6 +23,13 @@ Status run_fa2_fwd(const Fa2FwdArgs& args, cudaStream_t stream) {
   const bool softcap = args.softcap_pre != 0.0f;
   auto kernel = local ? (softcap ? fa2::fwd_kernel<Tr, true, true> : fa2::fwd_kernel<Tr, true, false>)
                       : (softcap ? fa2::fwd_kernel<Tr, false, true> : fa2::fwd_kernel<Tr, false, false>);
+  int device = 0, smem_optin = 0;
+  FA_CUDA_CHECK(cudaGetDevice(&device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (smem_optin < Tr::kSmemBytes)  // e.g. head dim 192/256 (~100 KB) on sm_86/sm_89 (99 KB)
+    return Status::Unsupported("fa2 forward head dim " + std::to_string(kHeadDim) + " needs " +
+                               std::to_string(Tr::kSmemBytes) + " bytes of shared memory per block; this GPU has " +
+                               std::to_string(smem_optin));
   FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid((args.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, args.heads_q, args.batch);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
