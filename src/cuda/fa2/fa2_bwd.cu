@@ -106,18 +106,17 @@ Status fa2_backward(const BwdParams& p) {
   k.softcap_log2 = p.softcap * fa2bwd::kLog2e;
   k.deterministic = p.deterministic;
 
-  // Workspace: D, LSE in log2 units, the fp32 dQ accumulator and (deterministic) the per-Q-block semaphores.
+  // Workspace: D, the fp32 dQ accumulator and (deterministic) the per-Q-block semaphores.
   const int64_t split = fa2bwd::bwd_split(static_cast<int>(head_dim_pad));
   const int64_t n_delta = p.batch * p.heads_q * k.seqlen_q_pad;
   const int64_t n_accum = n_delta * head_dim_pad;
   const int64_t n_sem = p.deterministic ? split * p.batch * p.heads_q * k.num_m_blocks : 0;
-  const size_t bytes = (size_t)(2 * n_delta + n_accum) * sizeof(float) + (size_t)n_sem * sizeof(int);
+  const size_t bytes = (size_t)(n_delta + n_accum) * sizeof(float) + (size_t)n_sem * sizeof(int);
   cudaStream_t stream = as_stream(p.stream);
   void* ws = nullptr;
   FA_CUDA_CHECK(cudaMallocAsync(&ws, bytes, stream));
   k.delta = static_cast<float*>(ws);
-  k.lse2 = k.delta + n_delta;
-  k.dq_accum = k.lse2 + n_delta;
+  k.dq_accum = k.delta + n_delta;
   k.dq_sem = reinterpret_cast<int*>(k.dq_accum + n_accum);
   Status st = cuda_status(cudaMemsetAsync(k.dq_accum, 0, (size_t)n_accum * sizeof(float) + n_sem * sizeof(int),
                                           stream),

@@ -25,7 +25,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "cuda/cuda_utils.cuh"
 #include "cuda/fa2/fa2_bwd_launch.h"
@@ -61,9 +60,7 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t row_st
   }
 }
 
-// D = rowsum(dO * O) (B3), zero on the padded rows, and LSE in log2 units: a
-// fully masked row (LSE = -inf) or a padded row gets +inf, so that
-// P = exp2(x - inf) = 0 and never NaN. One warp per row.
+// D = rowsum(dO * O) (B3), zero on the padded rows. One warp per row.
 template <typename T>
 __global__ void bwd_preprocess(KernelParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -88,11 +85,7 @@ __global__ void bwd_preprocess(KernelParams p) {
   }
 #pragma unroll
   for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-  if (lane == 0) {
-    p.delta[row] = acc;
-    const float l = i < p.seqlen_q ? p.lse[(b * p.heads_q + h) * p.seqlen_q + i] : -INFINITY;
-    p.lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
-  }
+  if (lane == 0) p.delta[row] = acc;
 }
 
 // dq = scale * dq_accum in the dtype, with the dq strides. 8 elements per thread.
@@ -134,40 +127,6 @@ __device__ __forceinline__ void red_add_f32x4(float* dst, float a, float b, floa
   atomicAdd(dst + 2, c);
   atomicAdd(dst + 3, d);
 #endif
-}
-
-// Two 16-bit values of one register -> floats (x = low half).
-template <typename T>
-__device__ __forceinline__ float2 unpack2(uint32_t u);
-template <>
-__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u) {
-  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
-}
-template <>
-__device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
-  __half2 h;
-  memcpy(&h, &u, 4);
-  return __half22float2(h);
-}
-
-// acc (16 x kBlockM) += A (16 x kD, rows of K or V, row-major in shared memory)
-// x B^T (B = kBlockM x kD rows of Q or dO, row-major): S^T and dP^T of one warp.
-// a_addr / b_addr: this lane's ldmatrix addresses at column 0; stride in elements.
-template <typename T, int kD>
-__device__ __forceinline__ void gemm_rows_x_cols(float (&acc)[kBlockM / 8][4], uint32_t a_addr, uint32_t b_addr,
-                                                 int stride) {
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    uint32_t a[4];
-    sm80::ldmatrix_x4(a, a_addr + kk * 32);
-#pragma unroll
-    for (int nn = 0; nn < kBlockM / 16; ++nn) {
-      uint32_t bf[4];
-      sm80::ldmatrix_x4(bf, b_addr + (nn * 16 * stride + kk * 16) * 2);
-      sm80::mma_16816<T>(acc[2 * nn], a, bf[0], bf[1]);
-      sm80::mma_16816<T>(acc[2 * nn + 1], a, bf[2], bf[3]);
-    }
-  }
 }
 
 // The main kernel. kD: instantiated (padded) head dim; kWarps: warps per CTA
@@ -227,7 +186,7 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
   const int64_t num_m = i_lo <= i_hi ? i_hi / kBlockM + 1 - m_begin : 0;
   const int64_t total = num_m * p.group;  // (query head of the group, Q block) pairs
 
-  // Issue the loads of pair `it` into stage `stage` (all cp.async): Q and dO tiles, LSE2 and D.
+  // Issue the loads of pair `it` into stage `stage`: Q and dO tiles (cp.async), LSE and D.
   auto load_q_block = [&](int64_t it, int stage) {
     const int64_t h = hk * p.group + it / num_m;
     const int64_t i0 = (m_begin + it % num_m) * kBlockM;
@@ -239,10 +198,13 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
                                            static_cast<const T*>(p.dout) + b * p.do_batch_stride +
                                                i0 * p.do_row_stride + h * p.do_head_stride,
                                            p.do_row_stride, p.seqlen_q - i0, p.head_dim);
-    if (tid < 2 * kBlockM / 4) {  // LSE2 and D: 16 chunks of 4 floats each
-      const int which = tid / (kBlockM / 4), c = (tid % (kBlockM / 4)) * 4;
-      const float* src = (which ? p.delta : p.lse2) + (b * p.heads_q + h) * p.seqlen_q_pad + i0 + c;
-      sm80::cp_async_16(sm80::smem_addr((which ? sDelta : sLse) + stage * kBlockM + c), src, true);
+    if (tid < kBlockM) {
+      const int64_t i = i0 + tid;
+      float l = -INFINITY;
+      if (i < p.seqlen_q) l = p.lse[(b * p.heads_q + h) * p.seqlen_q + i];
+      // A fully masked row (LSE = -inf) or a padded row: P = exp2(x - inf) = 0, never NaN.
+      sLse[stage * kBlockM + tid] = l == -INFINITY ? INFINITY : l * kLog2e;
+      sDelta[stage * kBlockM + tid] = p.delta[(b * p.heads_q + h) * p.seqlen_q_pad + i];
     }
   };
   if (kStages == 2 && total > 0) load_q_block(0, 0);
@@ -285,116 +247,87 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
     const float* lse2 = sLse + stage * kBlockM;
     const float* delta = sDelta + stage * kBlockM;
 
-    // S^T = K_w Q^T (B1), 16 x Br per warp.
-    float acc[kNT][4];
+    // S^T = K_w Q^T (B1), 16 x Br per warp; dP^T = V_w dO^T (B4).
+    float acc_s[kNT][4], acc_dp[kNT][4];
 #pragma unroll
     for (int n = 0; n < kNT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-    gemm_rows_x_cols<T, kD>(acc, sK_base + (warp * 16 + a_row) * kS * 2 + a_col * 2,
-                            sQ_base + (b_row * kS + b_col) * 2, kS);
+      for (int e = 0; e < 4; ++e) acc_s[n][e] = acc_dp[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      sm80::ldmatrix_x4(ak, sK_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
+      sm80::ldmatrix_x4(av, sV_base + ((warp * 16 + a_row) * kS + kk * 16 + a_col) * 2);
+#pragma unroll
+      for (int nn = 0; nn < kBlockM / 16; ++nn) {
+        uint32_t bq[4], bo[4];
+        sm80::ldmatrix_x4(bq, sQ_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
+        sm80::ldmatrix_x4(bo, sdO_base + ((nn * 16 + b_row) * kS + kk * 16 + b_col) * 2);
+        sm80::mma_16816<T>(acc_s[2 * nn], ak, bq[0], bq[1]);
+        sm80::mma_16816<T>(acc_s[2 * nn + 1], ak, bq[2], bq[3]);
+        sm80::mma_16816<T>(acc_dp[2 * nn], av, bo[0], bo[1]);
+        sm80::mma_16816<T>(acc_dp[2 * nn + 1], av, bo[2], bo[3]);
+      }
+    }
 
     // P^T = exp(s - LSE) (B2), with the mask and the softcap; in the log2 domain.
-    // P is kept only rounded to the dtype, packed as the A operand of dV += P^T dO
-    // (16 registers instead of 32: the accumulators of dK and dV need the room).
     const int64_t i_last = min(i0 + kBlockM, p.seqlen_q) - 1;
     const bool need_mask = i0 + kBlockM > p.seqlen_q || j0 + kBlockN > p.seqlen_k ||
                            (wr >= 0 && j_last > i0 + off + wr) || (wl >= 0 && j0 < i_last + off - wl);
-    // The mask (2) in tile coordinates: key row jr (0..Bc) sees query column ic
-    // (0..Br) iff rel_lo <= jr - ic <= rel_hi and jr < jr_end. Clamped to int32.
-    auto clamp32 = [](int64_t v) { return (int)max((int64_t)-(1 << 20), min((int64_t)(1 << 20), v)); };
-    const int rel_hi = wr >= 0 ? clamp32(i0 + off + wr - j0) : (1 << 20);
-    const int rel_lo = wl >= 0 ? clamp32(i0 + off - wl - j0) : -(1 << 20);
-    const int jr_end = clamp32(p.seqlen_k - j0);
-    // Softcap and masking are decided per tile, outside the element loop, so the
-    // common path (no softcap, interior tile) is straight-line code.
-    auto exp_phase = [&](auto cap, auto masked) {
-      constexpr bool kCap = decltype(cap)::value, kMasked = decltype(masked)::value;
-#pragma unroll
-      for (int n = 0; n < kNT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ic = n * 8 + 2 * t + (e & 1);
-          float x = kCap ? tanhf(acc[n][e] * p.softcap_in) * p.softcap_log2 : acc[n][e] * p.scale_log2;
-          if (kMasked) {
-            const int jr = warp * 16 + g + (e >> 1) * 8, rel = jr - ic;
-            if (!(rel <= rel_hi && rel >= rel_lo && jr < jr_end)) x = -INFINITY;
-          }
-          acc[n][e] = sm80::exp2_approx(x - lse2[ic]);
-        }
-    };
-    if (p.softcap > 0.0f) {
-      if (need_mask)
-        exp_phase(std::true_type{}, std::true_type{});
-      else
-        exp_phase(std::true_type{}, std::false_type{});
-    } else {
-      if (need_mask)
-        exp_phase(std::false_type{}, std::true_type{});
-      else
-        exp_phase(std::false_type{}, std::false_type{});
-    }
-    uint32_t pk[kBlockM / 16][4];  // A fragments of P^T, one per 16 query columns
-#pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      pk[kk][0] = sm80::pack2<T>(acc[2 * kk][0], acc[2 * kk][1]);
-      pk[kk][1] = sm80::pack2<T>(acc[2 * kk][2], acc[2 * kk][3]);
-      pk[kk][2] = sm80::pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-      pk[kk][3] = sm80::pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
-    }
-
-    // dP^T = V_w dO^T (B4), into the same registers.
 #pragma unroll
     for (int n = 0; n < kNT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
-    gemm_rows_x_cols<T, kD>(acc, sV_base + (warp * 16 + a_row) * kS * 2 + a_col * 2,
-                            sdO_base + (b_row * kS + b_col) * 2, kS);
+      for (int e = 0; e < 4; ++e) {
+        const int ic = n * 8 + 2 * t + (e & 1);
+        float x = p.softcap > 0.0f ? tanhf(acc_s[n][e] * p.softcap_in) * p.softcap_log2
+                                   : acc_s[n][e] * p.scale_log2;
+        if (need_mask) {
+          const int64_t i = i0 + ic, j = j0 + warp * 16 + g + (e >> 1) * 8;
+          const bool visible = j < p.seqlen_k && (wr < 0 || j <= i + off + wr) && (wl < 0 || j >= i + off - wl);
+          if (!visible) x = -INFINITY;
+        }
+        acc_s[n][e] = sm80::exp2_approx(x - lse2[ic]);
+      }
 
     // dV_w += P^T dO (B5).
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk)
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
+                             sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
 #pragma unroll
       for (int nn = 0; nn < kDh / 16; ++nn) {
         uint32_t bo[4];
         sm80::ldmatrix_x4_trans(bo, sdO_base + ((kk * 16 + bt_row) * kS + col0 + nn * 16 + bt_col) * 2);
-        sm80::mma_16816<T>(acc_dv[2 * nn], pk[kk], bo[0], bo[1]);
-        sm80::mma_16816<T>(acc_dv[2 * nn + 1], pk[kk], bo[2], bo[3]);
+        sm80::mma_16816<T>(acc_dv[2 * nn], a, bo[0], bo[1]);
+        sm80::mma_16816<T>(acc_dv[2 * nn + 1], a, bo[2], bo[3]);
       }
+    }
 
     // dS^T = P^T * (dP^T - D) (B6), times the softcap derivative 1 - tanh^2 (B7).
-    // P here is the dtype-rounded P of the dV GEMM: its 2^-9 relative error is
-    // that of the dS rounding the dK/dQ GEMMs apply anyway.
-    auto ds_phase = [&](auto cap) {
-      constexpr bool kCap = decltype(cap)::value;
 #pragma unroll
-      for (int n = 0; n < kNT; ++n)
+    for (int n = 0; n < kNT; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ic = n * 8 + 2 * t + (e & 1);
-          const float2 p2 = unpack2<T>(pk[n / 2][(n & 1) * 2 + (e >> 1)]);
-          const float pv = (e & 1) ? p2.y : p2.x;
-          float ds = pv * (acc[n][e] - delta[ic]);
-          if (kCap) {
-            // tanh recovered from P: s = ln P + LSE, tanh = s / softcap (P = 0 -> dS = 0).
-            const float th = (log2f(pv) + lse2[ic]) / p.softcap_log2;
-            ds = pv > 0.0f ? ds * (1.0f - th * th) : 0.0f;
-          }
-          acc[n][e] = ds;
+      for (int e = 0; e < 4; ++e) {
+        const int ic = n * 8 + 2 * t + (e & 1);
+        const float pv = acc_s[n][e];
+        float ds = pv * (acc_dp[n][e] - delta[ic]);
+        if (p.softcap > 0.0f) {
+          // tanh recovered from P: s = ln P + LSE, tanh = s / softcap (P = 0 -> dS = 0).
+          const float th = (log2f(pv) + lse2[ic]) / p.softcap_log2;
+          ds = pv > 0.0f ? ds * (1.0f - th * th) : 0.0f;
         }
-    };
-    if (p.softcap > 0.0f)
-      ds_phase(std::true_type{});
-    else
-      ds_phase(std::false_type{});
+        acc_s[n][e] = ds;
+      }
 
     // dK_w += dS^T Q (B8, scale applied at the end).
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      const uint32_t a[4] = {sm80::pack2<T>(acc[2 * kk][0], acc[2 * kk][1]),
-                             sm80::pack2<T>(acc[2 * kk][2], acc[2 * kk][3]),
-                             sm80::pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]),
-                             sm80::pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3])};
+      const uint32_t a[4] = {sm80::pack2<T>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
+                             sm80::pack2<T>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
+                             sm80::pack2<T>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
       // dS^T to shared memory for dQ (the same rounded values the dK GEMM uses).
       const int r = warp * 16 + g, c = kk * 16 + 2 * t;
       *reinterpret_cast<uint32_t*>(sdS + r * kDsStride + c) = a[0];
@@ -436,35 +369,29 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
     const bool odd = t & 1;
     float* dqa = p.dq_accum + ((b * p.heads_q + h) * p.seqlen_q_pad + i0 + rg * 16 + g + (odd ? 8 : 0)) *
                                   p.head_dim_pad;
-    // Columns in chunks of up to 64: 8 independent accumulator tiles keep the
-    // tensor pipe busy (2 tiles would leave it waiting on each HMMA's latency).
-    constexpr int kQc = kDq % 64 == 0 ? 64 : kDq % 48 == 0 ? 48 : kDq % 32 == 0 ? 32 : 16;
 #pragma unroll
-    for (int chunk = 0; chunk < kDq / kQc; ++chunk) {
-      float acc_q[kQc / 8][4];
+    for (int chunk = 0; chunk < kDq / 16; ++chunk) {
+      float acc[2][4];
 #pragma unroll
-      for (int n = 0; n < kQc / 8; ++n)
+      for (int n = 0; n < 2; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc_q[n][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t bk[4];
+        sm80::ldmatrix_x4_trans(bk, sK_base + ((kk * 16 + bt_row) * kS + cq + chunk * 16 + bt_col) * 2);
+        sm80::mma_16816<T>(acc[0], ads[kk], bk[0], bk[1]);
+        sm80::mma_16816<T>(acc[1], ads[kk], bk[2], bk[3]);
+      }
 #pragma unroll
-        for (int nn = 0; nn < kQc / 16; ++nn) {
-          uint32_t bk[4];
-          sm80::ldmatrix_x4_trans(bk,
-                                  sK_base + ((kk * 16 + bt_row) * kS + cq + chunk * kQc + nn * 16 + bt_col) * 2);
-          sm80::mma_16816<T>(acc_q[2 * nn], ads[kk], bk[0], bk[1]);
-          sm80::mma_16816<T>(acc_q[2 * nn + 1], ads[kk], bk[2], bk[3]);
-        }
-#pragma unroll
-      for (int n = 0; n < kQc / 8; ++n) {
-        const float s0 = odd ? acc_q[n][0] : acc_q[n][2], s1 = odd ? acc_q[n][1] : acc_q[n][3];
+      for (int n = 0; n < 2; ++n) {
+        const float s0 = odd ? acc[n][0] : acc[n][2], s1 = odd ? acc[n][1] : acc[n][3];
         const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-        const int c = cq + chunk * kQc + n * 8 + 2 * (t & ~1);
+        const int c = cq + chunk * 16 + n * 8 + 2 * (t & ~1);
         if (odd)
-          red_add_f32x4(dqa + c, r0, r1, acc_q[n][2], acc_q[n][3]);
+          red_add_f32x4(dqa + c, r0, r1, acc[n][2], acc[n][3]);
         else
-          red_add_f32x4(dqa + c, acc_q[n][0], acc_q[n][1], r0, r1);
+          red_add_f32x4(dqa + c, acc[n][0], acc[n][1], r0, r1);
       }
     }
     if (p.deterministic) {

@@ -38,8 +38,7 @@ struct KernelParams {
   void* dk;
   void* dv;
   const float* lse;  // [batch, heads_q, seqlen_q], natural log
-  float* delta;      // workspace [batch, heads_q, seqlen_q_pad]: D = rowsum(dO * O)
-  float* lse2;       // workspace [batch, heads_q, seqlen_q_pad]: LSE * log2(e), +inf where P must be 0
+  float* delta;      // workspace [batch, heads_q, seqlen_q_pad]
   float* dq_accum;   // workspace [batch, heads_q, seqlen_q_pad, head_dim_pad], fp32
   int* dq_sem;       // workspace [split, batch, heads_q, num_m_blocks] (deterministic only)
 
