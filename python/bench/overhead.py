@@ -69,7 +69,7 @@ def tiny_overhead(torch, device, calls):
     return api - raw
 
 
-def e2e(torch, n, batch, heads, dim, causal, kernel, reps=30):
+def e2e(torch, n, batch, heads, dim, causal, kernel, reps=20, rounds=7):
     import torch.nn.functional as F
 
     dt = torch.bfloat16
@@ -87,20 +87,22 @@ def e2e(torch, n, batch, heads, dim, causal, kernel, reps=30):
         return
     s = _stream(q)
     cpp = _C.time_fwd_raw_cuda(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), 0, batch, n, n, heads,
-                               heads, dim, 2, q.device.index, causal, s, 5, reps, kid)
+                               heads, dim, 2, q.device.index, causal, s, 5, reps, rounds, kid)
 
     def events(fn):
+        # Same method as the C++ side: rounds of `reps` back-to-back calls between two events.
         for _ in range(5):
             fn()
-        ms = []
-        for _ in range(reps):
+        per_call = []
+        for _ in range(rounds):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            fn()
+            for _ in range(reps):
+                fn()
             b.record()
             b.synchronize()
-            ms.append(a.elapsed_time(b))
-        return statistics.median(ms)
+            per_call.append(a.elapsed_time(b) / reps)
+        return statistics.median(per_call)
 
     py = events(lambda: flashattn.flash_attn_func(q, k, v, causal=causal, kernel=kernel))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
@@ -128,7 +130,7 @@ def main():
     if torch.cuda.is_available() and flashattn.cuda_compiled():
         print(f"GPU: {torch.cuda.get_device_name()}")
         tiny_overhead(torch, "cuda", a.calls)
-        print("\n[cuda] end-to-end forward, CUDA events, median of 30:", flush=True)
+        print("\n[cuda] end-to-end forward, CUDA events around 20 back-to-back calls, median of 7 rounds:", flush=True)
         for kernel in ("fa2", "auto"):
             for causal in (False, True):
                 e2e(torch, a.n, a.batch, a.heads, a.dim, causal, kernel)

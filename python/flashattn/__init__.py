@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from . import _C, _ops
-from ._C import CudaError, NotCompiledError, UnsupportedError
+from ._errors import CudaError, NotCompiledError, UnsupportedError
 
 __version__ = _C.version()
 

@@ -83,7 +83,6 @@ def call_jax(fn, arrays):
     zero-copy views in a library that can allocate (numpy on the CPU; torch or
     CuPy on a GPU, through DLPack) and hand the results back to JAX."""
     import jax
-    import jax.numpy as jnp
 
     for a in arrays:
         a.block_until_ready()  # JAX dispatches asynchronously on its own streams
@@ -92,7 +91,8 @@ def call_jax(fn, arrays):
         import numpy as np
 
         res = fn(*[np.asarray(a) for a in arrays])
-        wrap = jnp.asarray
+        dev = next(iter(arrays[0].devices()))
+        wrap = lambda r: jax.device_put(r, dev)  # noqa: E731  (jnp.asarray would use the default device)
     else:
         try:
             import torch as bridge

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import _C
 from ._arrays import Adapter, call_jax, library_of
+from ._errors import raise_status
 
 KERNELS = {"auto": 0, "reference": 1, "cpu_flash": 2, "naive": 3, "fa1": 4, "fa2": 5, "hopper": 6}
 SOFTMAX_VARIANTS = {"naive": 0, "safe": 1, "online": 2}
@@ -49,9 +50,11 @@ def attention(q, k, v, softmax_scale, causal, window_size, softcap, return_lse, 
     b, sq, hq, _ = q.shape
     out = ad.empty((b, sq, hq, v.shape[3]), q)
     lse = ad.empty((b, hq, sq), q, float32=True) if return_lse else None
-    _C.fwd(ad.export(q), ad.export(k), ad.export(v), ad.export(out), lse,
-           0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right, float(softcap),
-           kernel_id(kernel), ad.stream(q), 0, ad.dtype_override)
+    r = _C.fwd(ad.export(q), ad.export(k), ad.export(v), ad.export(out), lse,
+               0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right, float(softcap),
+               kernel_id(kernel), ad.stream(q), 0, ad.dtype_override)
+    if r is not None:
+        raise_status(r)
     return (out, lse) if return_lse else out
 
 
@@ -61,9 +64,11 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, window_si
     ad = Adapter(library_of(q), q)
     dq, dk, dv = ad.empty(q.shape, q), ad.empty(k.shape, q), ad.empty(v.shape, q)
     e = ad.export
-    _C.bwd(e(dout), e(q), e(k), e(v), e(out), lse, e(dq), e(dk), e(dv),
-           0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right, float(softcap),
-           bool(deterministic), kernel_id(kernel), ad.stream(q), 0, ad.dtype_override)
+    r = _C.bwd(e(dout), e(q), e(k), e(v), e(out), lse, e(dq), e(dk), e(dv),
+               0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right, float(softcap),
+               bool(deterministic), kernel_id(kernel), ad.stream(q), 0, ad.dtype_override)
+    if r is not None:
+        raise_status(r)
     return dq, dk, dv
 
 
@@ -95,5 +100,7 @@ def softmax(x, dim, variant):
         return call_jax(lambda x_: flashattn.softmax(x_, dim, variant), (x,))
     ad = Adapter(lib, x)
     y = ad.empty(tuple(x.shape), x)
-    _C.softmax(ad.export(x), ad.export(y), variant_id(variant), ad.stream(x), 0, ad.dtype_override)
+    r = _C.softmax(ad.export(x), ad.export(y), variant_id(variant), ad.stream(x), 0, ad.dtype_override)
+    if r is not None:
+        raise_status(r)
     return y

@@ -13,6 +13,7 @@ from typing import Tuple
 import torch
 
 from . import _C, _ops
+from ._errors import raise_status
 
 try:
     _dlpack = torch._C._to_dlpack
@@ -59,8 +60,10 @@ def _fwd_impl(q, k, v, softmax_scale, causal, window_left, window_right, softcap
     o_shape, lse_shape = _out_shapes(q, v)
     out = torch.empty(o_shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device) if need_lse else None
-    _C.fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse),
-           softmax_scale, causal, window_left, window_right, softcap, kernel, _stream(q), 0, -1)
+    r = _C.fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse),
+               softmax_scale, causal, window_left, window_right, softcap, kernel, _stream(q), 0, -1)
+    if r is not None:
+        raise_status(r)
     return out, lse
 
 
@@ -80,9 +83,11 @@ def _bwd_impl(dout, q, k, v, out, lse, softmax_scale, causal, window_left, windo
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _C.bwd(_dlpack(dout), _dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), _dlpack(lse), _dlpack(dq), _dlpack(dk),
-           _dlpack(dv), softmax_scale, causal, window_left, window_right, softcap, deterministic, kernel, _stream(q),
-           0, -1)
+    r = _C.bwd(_dlpack(dout), _dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), _dlpack(lse), _dlpack(dq),
+               _dlpack(dk), _dlpack(dv), softmax_scale, causal, window_left, window_right, softcap, deterministic,
+               kernel, _stream(q), 0, -1)
+    if r is not None:
+        raise_status(r)
     return dq, dk, dv
 
 
@@ -172,13 +177,17 @@ def flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, determ
         lse = None
         if return_lse:
             lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
-        _fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
-             causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
+        r = _fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
+                 causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
+        if r is not None:
+            raise_status(r)
     return (out, lse) if return_lse else out
 
 
 def softmax(x, dim, variant):
     _ops.check_softmax_dim(x, dim)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _C.softmax(_dlpack(x.detach()), _dlpack(y), _ops.variant_id(variant), _stream(x), 0, -1)
+    r = _C.softmax(_dlpack(x.detach()), _dlpack(y), _ops.variant_id(variant), _stream(x), 0, -1)
+    if r is not None:
+        raise_status(r)
     return y

@@ -5,6 +5,11 @@ import pytest
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
+def pytest_configure(config):
+    # Known marker even where pytest-timeout is not installed (it is then inert).
+    config.addinivalue_line("markers", "timeout(seconds, method): per-test time limit (pytest-timeout)")
+
+
 def pytest_report_header(config):
     import flashattn
 

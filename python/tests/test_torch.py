@@ -13,7 +13,15 @@ import flashattn  # noqa: E402
 import reference as ref  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available() and flashattn.cuda_compiled()
-cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU or flashattn built without CUDA")
+_skip_no_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU or flashattn built without CUDA")
+# A hung kernel must not hang the suite: with pytest-timeout installed, a CUDA test
+# running past 120 s dumps the stacks and ends the run (the thread method works
+# while Python is blocked inside a CUDA call; the signal method would not).
+_gpu_timeout = pytest.mark.timeout(120, method="thread")
+
+
+def cuda_only(fn):
+    return _skip_no_cuda(_gpu_timeout(fn))
 FLOOR = {torch.float32: 2e-5, torch.float16: 2e-4, torch.bfloat16: 2e-3}
 
 
