@@ -77,8 +77,9 @@ Status fa2_forward(const FwdParams& p) {
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (major < 8) return Status::Unsupported("fa2 needs an sm_80 or newer GPU (mma.sync m16n8k16, cp.async)");
-  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
-    return Status::Unsupported("fa2 forward does not support varlen batches or KV caches yet");
+  if (p.block_table) return Status::Unsupported("fa2 forward does not support a paged KV cache (block_table)");
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
+    return Status::Invalid("fa2 forward: cu_seqlens_q and cu_seqlens_k must be set together");
   if (effective_head_dim_v(p) != p.head_dim)
     return Status::Unsupported("fa2 forward needs head_dim_v == head_dim");
   const float scale = effective_scale(p);
@@ -116,6 +117,9 @@ Status fa2_forward(const FwdParams& p) {
   a.o_batch_stride = p.o_batch_stride;
   a.o_row_stride = p.o_row_stride;
   a.o_head_stride = p.o_head_stride;
+  a.cu_seqlens_q = p.cu_seqlens_q;  // device arrays, read by the kernel
+  a.cu_seqlens_k = p.cu_seqlens_k;
+  a.seqused_k = p.seqused_k;
   a.batch = static_cast<int>(p.batch);
   a.seqlen_q = static_cast<int>(p.seqlen_q);
   a.seqlen_k = static_cast<int>(p.seqlen_k);

@@ -23,6 +23,13 @@ struct Fa2FwdArgs {
   int64_t k_batch_stride = 0, k_row_stride = 0, k_head_stride = 0;
   int64_t v_batch_stride = 0, v_row_stride = 0, v_head_stride = 0;
   int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
+  // Variable-length batches / KV cache (params.h semantics), device int32 arrays or
+  // nullptr. With cu_seqlens_q (resp. _k) q and o (resp. k and v) are packed rows and
+  // their batch strides are ignored; seqused_k caps the keys of each sequence.
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  const int32_t* seqused_k = nullptr;
+  // seqlen_q / seqlen_k: the (maximum) lengths; seqlen_q is also the LSE row stride.
   int batch = 0, seqlen_q = 0, seqlen_k = 0, heads_q = 0;
   int group = 1;     // heads_q / heads_kv: query head h reads kv head h / group
   int head_dim = 0;  // the real head dim (<= the kernel's, the rest is zero-filled)

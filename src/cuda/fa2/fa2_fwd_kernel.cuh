@@ -85,7 +85,7 @@ __device__ __forceinline__ void load_tile(typename Tr::Element* s, const typenam
   }
 }
 
-template <class Tr, bool kIsLocal, bool kHasSoftcap>
+template <class Tr, bool kIsLocal, bool kHasSoftcap, bool kVarlen>
 __global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const Fa2FwdArgs args) {
   using Element = typename Tr::Element;
   constexpr int kBlockM = Tr::kBlockM, kBlockN = Tr::kBlockN, kMTiles = Tr::kMTiles, kNTiles = Tr::kNTiles,
@@ -102,8 +102,18 @@ __global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const Fa2FwdArgs args
   const int h = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
-  const int nq = args.seqlen_q, nk = args.seqlen_k, d = args.head_dim;
+  // Lengths of this sequence and its first row in the packed tensors (varlen),
+  // or the dense lengths and row 0.
+  // (A template flag: the runtime version cost hdim 128 up to 16 bytes of spills.)
+  const bool cu_q = kVarlen && args.cu_seqlens_q, cu_k = kVarlen && args.cu_seqlens_k;
+  const int q_start = cu_q ? args.cu_seqlens_q[b] : 0;
+  const int k_start = cu_k ? args.cu_seqlens_k[b] : 0;
+  const int nq = cu_q ? args.cu_seqlens_q[b + 1] - q_start : args.seqlen_q;
+  const int nk = kVarlen && args.seqused_k ? args.seqused_k[b]
+                                           : (cu_k ? args.cu_seqlens_k[b + 1] - k_start : args.seqlen_k);
+  const int d = args.head_dim;
   const int m0 = m_block * kBlockM;
+  if (kVarlen && m0 >= nq) return;  // this sequence is shorter than the longest one
   const int m_last = min(m0 + kBlockM, nq) - 1;  // last real query row of the block
   const int64_t shift = static_cast<int64_t>(nk) - nq;  // bottom-right alignment
 
@@ -125,23 +135,26 @@ __global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const Fa2FwdArgs args
   // Tensor bases of this (batch, head). Recomputed where used from the kernel
   // parameters (constant bank) instead of being held in registers.
   const int hk = h / args.group;
+  // Packed (varlen) tensors ignore the batch stride: rows start at q_start / k_start.
+  const int64_t qb = cu_q ? 0 : b, kb = cu_k ? 0 : b;
   auto q_tile = [&]() {
-    return static_cast<const Element*>(args.q) + b * args.q_batch_stride + static_cast<int64_t>(m0) * args.q_row_stride +
-           h * args.q_head_stride;
+    return static_cast<const Element*>(args.q) + qb * args.q_batch_stride +
+           static_cast<int64_t>(q_start + m0) * args.q_row_stride + h * args.q_head_stride;
   };
   auto k_rows = [&](int row) {
-    return static_cast<const Element*>(args.k) + b * args.k_batch_stride + hk * args.k_head_stride +
-           static_cast<int64_t>(row) * args.k_row_stride;
+    return static_cast<const Element*>(args.k) + kb * args.k_batch_stride + hk * args.k_head_stride +
+           static_cast<int64_t>(k_start + row) * args.k_row_stride;
   };
   auto v_rows = [&](int row) {
-    return static_cast<const Element*>(args.v) + b * args.v_batch_stride + hk * args.v_head_stride +
-           static_cast<int64_t>(row) * args.v_row_stride;
+    return static_cast<const Element*>(args.v) + kb * args.v_batch_stride + hk * args.v_head_stride +
+           static_cast<int64_t>(k_start + row) * args.v_row_stride;
   };
   auto o_tile = [&]() {
-    return static_cast<Element*>(args.o) + b * args.o_batch_stride + static_cast<int64_t>(m0) * args.o_row_stride +
-           h * args.o_head_stride;
+    return static_cast<Element*>(args.o) + qb * args.o_batch_stride +
+           static_cast<int64_t>(q_start + m0) * args.o_row_stride + h * args.o_head_stride;
   };
-  auto lse_tile = [&]() { return args.lse + (static_cast<int64_t>(b) * args.heads_q + h) * nq + m0; };
+  // LSE is [batch, heads_q, seqlen_q] with the maximum seqlen_q as row count.
+  auto lse_tile = [&]() { return args.lse + (static_cast<int64_t>(b) * args.heads_q + h) * args.seqlen_q + m0; };
 
   if (n_end <= n_begin) {  // no row of this block sees any key: O = 0, LSE = -inf
     Element* gO = o_tile();

@@ -12,17 +12,27 @@
 namespace flashattn {
 namespace cuda {
 
+namespace fa2 {
+template <class Tr, bool kIsLocal, bool kHasSoftcap>
+auto fwd_kernel_for(bool varlen) {
+  return varlen ? fwd_kernel<Tr, kIsLocal, kHasSoftcap, true> : fwd_kernel<Tr, kIsLocal, kHasSoftcap, false>;
+}
+}  // namespace fa2
+
 template <int kHeadDim, typename Element>
 Status run_fa2_fwd(const Fa2FwdArgs& args, cudaStream_t stream) {
   constexpr Fa2FwdTile kTile = fa2_fwd_tile(kHeadDim);
   using Tr = fa2::FwdTraits<kHeadDim, kTile.block_m, kTile.block_n, kTile.warps, Element>;
   // Causal and sliding-window masks change the loop bounds and the per-block
   // mask test; without them only the seqlen_k tail block is masked. Softcap is
-  // a template flag too: as a runtime branch it pushed hdim 128 into spills.
+  // a template flag too: as a runtime branch it pushed hdim 128 into spills. So is
+  // varlen (cu_seqlens / seqused_k), for the same reason.
   const bool local = args.window_left >= 0 || args.window_right >= 0;
   const bool softcap = args.softcap_pre != 0.0f;
-  auto kernel = local ? (softcap ? fa2::fwd_kernel<Tr, true, true> : fa2::fwd_kernel<Tr, true, false>)
-                      : (softcap ? fa2::fwd_kernel<Tr, false, true> : fa2::fwd_kernel<Tr, false, false>);
+  const bool varlen = args.cu_seqlens_q || args.cu_seqlens_k || args.seqused_k;
+  auto kernel = local ? (softcap ? fa2::fwd_kernel_for<Tr, true, true>(varlen) : fa2::fwd_kernel_for<Tr, true, false>(varlen))
+                      : (softcap ? fa2::fwd_kernel_for<Tr, false, true>(varlen)
+                                 : fa2::fwd_kernel_for<Tr, false, false>(varlen));
   int device = 0, smem_optin = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
