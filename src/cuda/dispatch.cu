@@ -91,7 +91,12 @@ Status forward(const FwdParams& p) {
   // or are refused (a pinned rung). num_splits alone is a hint: a dense request
   // the decode kernel can't take falls through to the dense rungs.
   const bool kv_layout = p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table;
-  if (kv_layout || p.num_splits > 0) {
+  // Dense decode-shaped requests (few query rows per kv head against a longer
+  // cache) are memory-bound: the split-KV kernel reads K/V once at full
+  // bandwidth, where the prefill rungs would idle most of their 64-128-row tiles.
+  const bool decode_shaped = p.kernel == Kernel::kAuto && p.seqlen_q * (p.heads_q / p.heads_kv) <= 64 &&
+                             p.seqlen_k >= 4 * p.seqlen_q;
+  if (kv_layout || p.num_splits > 0 || decode_shaped) {
     for (auto [name, ptr] : {std::pair<const char*, const void*>{"cu_seqlens_q", p.cu_seqlens_q},
                              {"cu_seqlens_k", p.cu_seqlens_k}, {"seqused_k", p.seqused_k},
                              {"block_table", p.block_table}}) {
