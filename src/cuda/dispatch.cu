@@ -125,6 +125,14 @@ Status forward(const FwdParams& p) {
     default: break;
   }
   // kAuto: the Hopper kernel where it runs and supports the request, else FA2.
+  // Short causal problems go to FA2 first: measured on an H100 (docs/results.md,
+  // 2026-11-25) FA2 beat the Hopper kernel for causal N <= 1024 at every head dim
+  // (e.g. N=512 d128: 201 vs 170 TFLOPS) and lost from N = 2048 on.
+  const bool short_causal = (p.causal || p.window_right == 0) && p.seqlen_q <= 1024;
+  if (short_causal && p.dtype != DType::kFloat32 && compute_capability(device) >= 80) {
+    st = fa2_forward(p);
+    if (st.code != StatusCode::kUnsupported) return st;
+  }
 #if FLASHATTN_HAS_SM90
   if (p.dtype != DType::kFloat32 && hopper_available(device)) {
     st = hopper_forward(p);
