@@ -278,7 +278,12 @@ TEST(DecodeGpuErrors, Unsupported) {
   EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
   p.dtype = DType::kBFloat16;
   EXPECT_TRUE(forward(p).ok()) << forward(p).message;  // every sequence empty: O = 0
+  // FA2 reads seqused_k itself (varlen prefill path): pinned, and via auto once
+  // the decode kernel refuses 80 query rows per kv head.
   p.kernel = Kernel::kFA2;
+  st = forward(p);
+  EXPECT_TRUE(st.ok()) << st.message;
+  p.kernel = Kernel::kNaive;
   st = forward(p);
   EXPECT_EQ(st.code, StatusCode::kUnsupported);
   EXPECT_NE(st.message.find("seqused_k"), std::string::npos) << st.message;
@@ -286,8 +291,7 @@ TEST(DecodeGpuErrors, Unsupported) {
   p.seqlen_q = 80;  // 80 query rows per kv head
   set_contiguous_strides(p);
   st = forward(p);
-  EXPECT_EQ(st.code, StatusCode::kUnsupported);
-  EXPECT_NE(st.message.find("query rows"), std::string::npos) << st.message;
+  EXPECT_TRUE(st.ok()) << st.message;
 }
 
 // append_kv on CUDA == append_kv on the CPU (contiguous and paged, rotary both ways).

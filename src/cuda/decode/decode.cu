@@ -22,7 +22,7 @@ Status decode_forward(const FwdParams& p) {
     return Status::Unsupported("the CUDA decode kernel packs (heads_q / heads_kv) x seqlen_q = " +
                                std::to_string(rows) + " query rows per kv head; it handles at most " +
                                std::to_string(decode::kTileRows * decode::kMaxRowTiles) +
-                               " (decode / small chunked prefill). Longer varlen / KV-cache prefill has no CUDA "
+                               " (decode / small chunked prefill). Longer varlen prefill goes to FA2 (no paged cache) — a paged one has no CUDA "
                                "kernel yet (run it on the CPU, or densely)");
   if (p.batch > 65535 || p.heads_kv * ((rows + decode::kTileRows - 1) / decode::kTileRows) > 65535)
     return Status::Unsupported("the CUDA decode kernel needs batch <= 65535 and heads_kv * row tiles <= 65535");
