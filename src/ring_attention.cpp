@@ -179,6 +179,21 @@ const char* offset(const void* base, int64_t elems, DType dt) {
   return static_cast<const char*>(base) + elems * dtype_size(dt);
 }
 
+// Points `sub` (a copy of the rank's params) at one (query chunk qk, key chunk kk)
+// pair: chunk qk of the local queries against chunk kk of the K/V block in hand.
+void point_at_pair(FwdParams& sub, const Sharding& sh, Pair kind, int qk, int kk, const char* kv_block,
+                   int64_t kv_elems) {
+  const FwdParams local = sub;
+  const int64_t c = sh.chunk_len, L = local.seqlen_q, D = local.head_dim, es = dtype_size(local.dtype);
+  sub.seqlen_q = sub.seqlen_k = c;
+  sub.causal = kind == Pair::kDiagonal;
+  sub.window_right = -1;
+  sub.q = offset(local.q, qk * c * local.heads_q * D, local.dtype);
+  sub.k = kv_block + kk * c * local.heads_kv * D * es;
+  sub.v = kv_block + (kv_elems + kk * c * local.heads_kv * D) * es;
+  sub.k_batch_stride = sub.v_batch_stride = L * local.heads_kv * D;  // chunks are views into the [B, L, Hkv, D] block
+}
+
 }  // namespace
 
 Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigzag) {
@@ -211,13 +226,7 @@ Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigza
         const Pair kind = pair_kind(local.causal, sh.global_chunk(sh.rank, qk), sh.global_chunk(src, kk));
         if (kind == Pair::kSkip) continue;
         FwdParams sub = local;
-        sub.seqlen_q = sub.seqlen_k = c;
-        sub.causal = kind == Pair::kDiagonal;
-        sub.window_right = -1;
-        sub.q = offset(local.q, qk * c * Hq * D, dt);
-        sub.k = kv[cur] + kk * c * Hkv * D * es;
-        sub.v = kv[cur] + (kv_elems + kk * c * Hkv * D) * es;
-        sub.k_batch_stride = sub.v_batch_stride = L * Hkv * D;  // chunks are views into the [B, L, Hkv, D] block
+        point_at_pair(sub, sh, kind, qk, kk, kv[cur], kv_elems);
         sub.o = part_o.get();
         sub.o_batch_stride = c * Hq * D;
         sub.lse = part_lse.get<float>();
@@ -278,16 +287,10 @@ Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigz
         const Pair kind = pair_kind(local.causal, sh.global_chunk(sh.rank, qk), sh.global_chunk(src, kk));
         if (kind == Pair::kSkip) continue;
         BwdParams sub = local;
-        sub.seqlen_q = sub.seqlen_k = c;
-        sub.causal = kind == Pair::kDiagonal;
-        sub.window_right = -1;
+        point_at_pair(sub, sh, kind, qk, kk, kv[cur], kv_elems);
         const int64_t q_off = qk * c * Hq * D;
-        sub.q = offset(local.q, q_off, dt);
         sub.o = const_cast<char*>(offset(local.o, q_off, dt));  // the merged (final) O: D = rowsum(dO o O) is global
         sub.dout = offset(local.dout, q_off, dt);
-        sub.k = kv[cur] + kk * c * Hkv * D * es;
-        sub.v = kv[cur] + (kv_elems + kk * c * Hkv * D) * es;
-        sub.k_batch_stride = sub.v_batch_stride = L * Hkv * D;
         // The final LSE rows of this query chunk, made contiguous [B, Hq, c].
         RING_RETURN_IF_ERROR(ops.copy_2d(part_lse.get(), c * 4, local.lse + qk * c, L * 4, c * 4, B * Hq));
         sub.lse = part_lse.get<float>();
