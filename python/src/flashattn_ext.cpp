@@ -335,9 +335,10 @@ nb::object softmax_rows(const InArray& x_arr, const OutArray& y_arr, int variant
 // The raw entry: contiguous tensors given as integer addresses, no DLPack, no
 // checks beyond flashattn::validate. Exists to measure what the array handling
 // of fwd() and the Python wrapper cost on top of the C++ call.
-nb::object fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, int64_t batch, int64_t seqlen_q,
-             int64_t seqlen_k, int64_t heads_q, int64_t heads_kv, int64_t head_dim, int dtype, int device,
-             int device_index, bool causal, uintptr_t stream, int kernel) {
+// Params of the raw entries: contiguous tensors given as integer addresses.
+FwdParams raw_params(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, int64_t batch,
+                     int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q, int64_t heads_kv, int64_t head_dim,
+                     int dtype, int device, int device_index, bool causal, uintptr_t stream, int kernel) {
   FwdParams p;
   p.kernel = kernel_from(kernel);
   p.q = reinterpret_cast<const void*>(q);
@@ -357,6 +358,14 @@ nb::object fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t
   p.causal = causal;
   p.stream = reinterpret_cast<void*>(stream);
   set_contiguous_strides(p);
+  return p;
+}
+
+nb::object fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, int64_t batch, int64_t seqlen_q,
+             int64_t seqlen_k, int64_t heads_q, int64_t heads_kv, int64_t head_dim, int dtype, int device,
+             int device_index, bool causal, uintptr_t stream, int kernel) {
+  const FwdParams p = raw_params(q, k, v, o, lse, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,
+                                 device, device_index, causal, stream, kernel);
   Status st;
   {
     nb::gil_scoped_release release;
@@ -375,25 +384,8 @@ std::vector<float> time_fwd_raw_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uint
                                      int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q,
                                      int64_t heads_kv, int64_t head_dim, int dtype, int device_index, bool causal,
                                      uintptr_t stream, int warmup, int reps, int rounds, int kernel) {
-  FwdParams p;
-  p.kernel = kernel_from(kernel);
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.v = reinterpret_cast<const void*>(v);
-  p.o = reinterpret_cast<void*>(o);
-  p.lse = reinterpret_cast<float*>(lse);
-  p.batch = batch;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.heads_q = heads_q;
-  p.heads_kv = heads_kv;
-  p.head_dim = head_dim;
-  p.dtype = static_cast<DType>(dtype);
-  p.device = Device::kCUDA;
-  p.device_index = device_index;
-  p.causal = causal;
-  p.stream = reinterpret_cast<void*>(stream);
-  set_contiguous_strides(p);
+  const FwdParams p = raw_params(q, k, v, o, lse, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,
+                                 static_cast<int>(Device::kCUDA), device_index, causal, stream, kernel);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int nrounds = rounds > 0 ? rounds : 1;
   std::vector<float> ms(nrounds, 0.0f);
