@@ -33,7 +33,7 @@ namespace flashattn {
 namespace cuda {
 namespace fa2 {
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, typename Element_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, typename Element_, int kMinBlocks_ = 1>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -41,6 +41,8 @@ struct FwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = kWarps * 32;
+  // __launch_bounds__ minimum CTAs per SM: > 1 caps the registers (65536 / (kThreads * n)).
+  static constexpr int kMinBlocks = kMinBlocks_;
   static constexpr int kMTiles = kBlockM / (16 * kWarps);  // 16-row m-tiles per warp
   static constexpr int kNTiles = kBlockN / 8;              // 8-key n-tiles of S
   static constexpr int kDTiles = kHeadDim / 8;             // 8-column n-tiles of O
@@ -86,7 +88,7 @@ __device__ __forceinline__ void load_tile(typename Tr::Element* s, const typenam
 }
 
 template <class Tr, bool kIsLocal, bool kHasSoftcap, bool kVarlen>
-__global__ void __launch_bounds__(Tr::kThreads) fwd_kernel(const Fa2FwdArgs args) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const Fa2FwdArgs args) {
   using Element = typename Tr::Element;
   constexpr int kBlockM = Tr::kBlockM, kBlockN = Tr::kBlockN, kMTiles = Tr::kMTiles, kNTiles = Tr::kNTiles,
                 kDTiles = Tr::kDTiles, kPitch = Tr::kPitch;
