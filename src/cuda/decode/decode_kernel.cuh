@@ -1,4 +1,4 @@
-// Split-KV decode (flash-decoding) kernels, docs/07-inference.md.
+// Split-KV decode (flash-decoding) kernel, docs/07-inference.md.
 //
 // Grid (heads_kv * row_tiles, splits, batch). One CTA owns one kv head of one
 // sequence and one slice ("split") of its keys. All query rows that read this
@@ -11,8 +11,11 @@
 // accumulators, the online softmax runs per warp in registers (base-2 units).
 // At the end the 4 warps' (m, l, O) are merged through shared memory with
 // equation (4) (flashattn::merge) and written either to O / LSE (one split) or,
-// as fp32 partial O and LSE, to a workspace that decode_combine_kernel merges,
-// again with equation (4).
+// as fp32 partial O and LSE, to a workspace. With several splits the combine
+// is fused: the last CTA of a (sequence, kv head, row tile) to finish -- found
+// with a per-group atomic counter -- merges all the splits' partials, again
+// with equation (4), writes O / LSE and resets the counter to 0 for the next
+// launch. No second kernel, so no launch gap and no dependency bubble.
 // The kv heads are the fastest grid dimension: the CTAs of all heads of one
 // (sequence, split) start together and walk the same key rows at about the same
 // time, so in a [.., seqlen, heads_kv, D] cache (or page) each 256-byte head
@@ -37,6 +40,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBlockN = 64;    // keys per pipeline stage (16 per warp)
 constexpr int kTileRows = 16;  // query rows per tile (the mma M)
 constexpr int kMaxRowTiles = 4;
+constexpr int kMaxSplits = 256;  // = the num_splits limit of validate; sizes the combine's weight table
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -44,6 +48,12 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <int D> constexpr int stages() { return D <= 64 ? 4 : 3; }
 template <int D> constexpr int smem_bytes() {
   return (kTileRows * D + 2 * stages<D>() * kBlockN * D) * 2;
+}
+// The epilogue reuses the K/V stage buffers: the 4 warps' O [warps][16][D] and
+// (m, l) [warps][16] in fp32, then the combine's per-split weights [splits][16]
+// and per-row stats.
+template <int D> constexpr int epilogue_bytes() {
+  return (kWarps * kTileRows * D + 2 * kWarps * kTileRows + kMaxSplits * kTileRows + 2 * kTileRows) * 4;
 }
 
 struct DecodeArgs {
@@ -54,6 +64,9 @@ struct DecodeArgs {
   float* lse;       // [batch, heads_q, seqlen_q] or null
   float* o_part;    // [splits, batch, heads_q, seqlen_q, D] fp32 (splits > 1)
   float* lse_part;  // [splits, batch, heads_q, seqlen_q] (splits > 1)
+  // [batch, heads_kv, row_tiles] arrival counters of the fused combine (splits > 1).
+  // 0 between launches: the last CTA of each group puts it back to 0.
+  unsigned int* counters;
   int64_t q_bs, q_rs, q_hs, k_bs, k_rs, k_hs, v_bs, v_rs, v_hs, o_bs, o_rs, o_hs;
   const int32_t* cu_q;
   const int32_t* cu_k;
@@ -143,10 +156,108 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float x, float y) 
 // hit 8 different bank groups (needs D >= 64).
 template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
 
+// ---- the fused combine -------------------------------------------------------
+// Called by every CTA of a split launch after it wrote its partials. The CTA
+// that brings the group's counter to `splits` is the last one: every other
+// split's partials are then in global memory (each CTA fences before counting),
+// so it merges them with equation (4), taking split s as the statistics
+// (m, l) = (LSE_s, 1):  LSE = log sum_s exp(LSE_s),  O = sum_s exp(LSE_s - LSE) O_s.
+// Empty splits (LSE_s = -inf) weigh 0. The splits are summed in a fixed order,
+// so the result does not depend on which CTA finishes last.
+template <typename T, int D>
+__device__ __forceinline__ void combine_if_last(const DecodeArgs& a, float* smem, int b, int hkv, int tile,
+                                                int len_q) {
+  __shared__ bool is_last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  __threadfence();  // release: this CTA's partials are visible device-wide before it counts
+  __syncthreads();  // ... for all threads of the CTA
+  if (tid == 0) {
+    unsigned int* counter = a.counters + (static_cast<int64_t>(b) * a.heads_kv + hkv) * a.row_tiles + tile;
+    is_last = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
+    // Every split has counted: nobody touches the counter again in this launch,
+    // and the next launch on the stream starts after this one ends.
+    if (is_last) atomicExch(counter, 0u);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();  // acquire: see the other CTAs' partials (read below with ld.cg, past L1)
+
+  // Rows of this tile that exist: rg < rows. Rows past the sequence's query
+  // length get LSE -inf and no O row.
+  const int row0 = tile * kTileRows;
+  const int n_rows = min(kTileRows, a.rows - row0);
+  const int64_t split_stride = static_cast<int64_t>(a.batch) * a.heads_q * a.seqlen_q;
+  auto lse_index = [&](int r) {
+    const int rg = row0 + r, g = rg / a.seqlen_q, i = rg % a.seqlen_q;
+    return (static_cast<int64_t>(b) * a.heads_q + hkv * a.group + g) * a.seqlen_q + i;
+  };
+  float* w_tab = smem;                           // [kMaxSplits][16]: weight of split s in row r
+  float* row_lse = w_tab + kMaxSplits * kTileRows;  // [16]
+
+  // 1. Per row: the merged statistics (a warp per row, lanes over splits), then
+  //    every split's weight exp(LSE_s - m) / l, computed once.
+  for (int r = warp; r < n_rows; r += kWarps) {
+    if ((row0 + r) % a.seqlen_q >= len_q) continue;  // no partials were written for it
+    const int64_t li = lse_index(r);
+    SoftmaxStats st;
+    for (int s = lane; s < a.splits; s += 32) {
+      const float l = __ldcg(a.lse_part + s * split_stride + li);
+      st = merge(st, SoftmaxStats{l, l == -INFINITY ? 0.0f : 1.0f});
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      SoftmaxStats other;
+      other.max = __shfl_xor_sync(0xffffffffu, st.max, off);
+      other.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
+      st = merge(st, other);
+    }
+    for (int s = lane; s < a.splits; s += 32) {
+      const float l = __ldcg(a.lse_part + s * split_stride + li);
+      w_tab[s * kTileRows + r] = st.sum > 0.0f ? rescale_factor(l, st.max) / st.sum : 0.0f;
+    }
+    if (lane == 0) row_lse[r] = log_sum_exp(st);
+  }
+  __syncthreads();
+
+  // 2. O = sum_s w_s O_s: one thread per (row, 4 columns), the loads of several
+  //    splits in flight at once (the partials were just written: L2 hits).
+  constexpr int kQuads = D / 4;
+  for (int idx = tid; idx < n_rows * kQuads; idx += kThreads) {
+    const int r = idx / kQuads, col = (idx % kQuads) * 4;
+    const int rg = row0 + r, i = rg % a.seqlen_q;
+    const int64_t li = lse_index(r);
+    if (i >= len_q) {
+      if (col == 0 && a.lse) a.lse[li] = -INFINITY;
+      continue;
+    }
+    const float* src = a.o_part + li * D + col;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < a.splits; ++s) {
+      const float w = w_tab[s * kTileRows + r];  // 0 for an empty split (its O_s is 0, never garbage)
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride * D));
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
+    }
+    const int g = rg / a.seqlen_q;
+    const int64_t h = static_cast<int64_t>(hkv) * a.group + g;
+    const int64_t orow = a.cu_q ? static_cast<int64_t>(a.cu_q[b]) + i : i;
+    const int64_t off = (a.cu_q ? 0 : static_cast<int64_t>(b) * a.o_bs) + orow * a.o_rs + h * a.o_hs + col;
+    uint2 packed;
+    packed.x = pack2<T>(acc.x, acc.y);
+    packed.y = pack2<T>(acc.z, acc.w);
+    *reinterpret_cast<uint2*>(static_cast<T*>(a.o) + off) = packed;
+    if (col == 0 && a.lse) a.lse[li] = row_lse[r];
+  }
+}
+
 // ---- the split kernel --------------------------------------------------------
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D >= 64, "head dim must be a multiple of 16, at least 64");
+  static_assert(epilogue_bytes<D>() <= 2 * stages<D>() * kBlockN * D * 2, "epilogue must fit the stage buffers");
   constexpr int kStages = stages<D>();
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -349,9 +460,6 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
   }
   cp_async_wait<0>();
   __syncthreads();  // the stage buffers become the merge area
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // let the combine kernel start launching
-#endif
 
   // Merge the 4 warps' states: sO [warps][16][D] fp32, sM/sL [warps][16] (natural-log max, sum).
   float* sO = reinterpret_cast<float*>(sK);
@@ -417,63 +525,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
       if (c == 0) a.lse_part[part] = row_lse;
     }
   }
-}
-
-// ---- the combine kernel: one warp per output row -----------------------------
-// Merges the splits' (LSE_s, O_s) with equation (4), taking each split as the
-// statistics (m, l) = (LSE_s, 1):  LSE = log sum_s exp(LSE_s),
-// O = sum_s exp(LSE_s - LSE) O_s. Empty splits (LSE_s = -inf) weigh 0.
-template <typename T, int D>
-__global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeArgs a) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // the split kernel's writes are visible
-#endif
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
-  const int64_t n_rows = static_cast<int64_t>(a.batch) * a.heads_q * a.seqlen_q;
-  if (row >= n_rows) return;
-  const int i = static_cast<int>(row % a.seqlen_q);
-  const int h = static_cast<int>((row / a.seqlen_q) % a.heads_q);
-  const int b = static_cast<int>(row / (static_cast<int64_t>(a.seqlen_q) * a.heads_q));
-  const SeqInfo seq = seq_info(a, b);
-  if (i >= seq.len_q) {
-    if (lane == 0 && a.lse) a.lse[row] = -INFINITY;
-    return;
-  }
-  const int64_t split_stride = n_rows;
-  SoftmaxStats st;
-  for (int s = lane; s < a.splits; s += 32) {
-    const float l = a.lse_part[s * split_stride + row];
-    st = merge(st, SoftmaxStats{l, l == -INFINITY ? 0.0f : 1.0f});
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    SoftmaxStats other;
-    other.max = __shfl_xor_sync(0xffffffffu, st.max, off);
-    other.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
-    st = merge(st, other);
-  }
-  const int64_t oo = a.cu_q ? (static_cast<int64_t>(a.cu_q[b]) + i) * a.o_rs
-                            : static_cast<int64_t>(b) * a.o_bs + static_cast<int64_t>(i) * a.o_rs;
-  T* o = static_cast<T*>(a.o) + oo + static_cast<int64_t>(h) * a.o_hs;
-  for (int d = lane * 4; d < D; d += 128) {
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (st.sum > 0.0f)
-      for (int s = 0; s < a.splits; ++s) {
-        const float f = rescale_factor(a.lse_part[s * split_stride + row], st.max) / st.sum;
-        if (f == 0.0f) continue;
-        const float4 x = *reinterpret_cast<const float4*>(a.o_part + (s * split_stride + row) * D + d);
-        acc.x += f * x.x;
-        acc.y += f * x.y;
-        acc.z += f * x.z;
-        acc.w += f * x.w;
-      }
-    uint2 packed;
-    packed.x = pack2<T>(acc.x, acc.y);
-    packed.y = pack2<T>(acc.z, acc.w);
-    *reinterpret_cast<uint2*>(o + d) = packed;
-  }
-  if (lane == 0 && a.lse) a.lse[row] = log_sum_exp(st);
+  if (a.splits > 1) combine_if_last<T, D>(a, sL + kWarps * kTileRows, b, hkv, tile, seq.len_q);
 }
 
 }  // namespace decode

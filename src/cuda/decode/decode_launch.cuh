@@ -19,7 +19,7 @@ namespace decode {
 // that about one full wave of CTAs runs, keeping at least 4 key blocks (256
 // keys) per split so the pipeline prologue and the combine stay cheap.
 inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, int ctas_per_sm) {
-  if (forced > 0) return forced;
+  if (forced > 0) return std::min(forced, kMaxSplits);
   const int64_t slots = static_cast<int64_t>(sms) * std::max(ctas_per_sm, 1);
   if (ctas >= slots * 8 / 10) return 1;
   const int64_t key_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
@@ -27,6 +27,12 @@ inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, in
   splits = std::min<int64_t>(splits, std::max<int64_t>(key_blocks / 4, 1));
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(splits, 1), 128));
 }
+
+// Arrival counters of the fused combine for `count` groups, all 0, for launches
+// on `stream` (decode.cu). One buffer per (device, stream): launches on one
+// stream run one after the other, and each leaves its counters at 0 again, so
+// the buffer is zeroed once when created, never per call.
+Status group_counters(cudaStream_t stream, int64_t count, unsigned int** counters);
 
 template <typename T, int D>
 Status run_decode_typed(const FwdParams& p) {
@@ -65,7 +71,6 @@ Status run_decode_typed(const FwdParams& p) {
 
   constexpr int kSmem = smem_bytes<D>();
   auto split_kernel = decode_split_kernel<T, D>;
-  auto combine_kernel = decode_combine_kernel<T, D>;
   static bool attr_set = false;  // per instantiation; setting it twice is harmless
   if (!attr_set) {
     FA_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
@@ -93,6 +98,8 @@ Status run_decode_typed(const FwdParams& p) {
   if (a.splits > 1) {
     const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
     const size_t bytes = static_cast<size_t>(a.splits) * rows * (D + 1) * sizeof(float);
+    Status st = group_counters(stream, ctas, &a.counters);
+    if (!st.ok()) return st;
     FA_CUDA_CHECK(cudaMallocAsync(&workspace, bytes, stream));
     a.o_part = static_cast<float*>(workspace);
     a.lse_part = a.o_part + static_cast<int64_t>(a.splits) * rows * D;
@@ -100,27 +107,6 @@ Status run_decode_typed(const FwdParams& p) {
   const dim3 grid(static_cast<unsigned>(p.heads_kv * a.row_tiles), a.splits, static_cast<unsigned>(p.batch));
   split_kernel<<<grid, kThreads, kSmem, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess && a.splits > 1) {
-    const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
-    // Programmatic dependent launch: the combine grid is set up while the split
-    // kernel drains (griddepcontrol.wait in the kernel orders the memory).
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>((rows + 7) / 8));
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    err = cudaLaunchKernelEx(&cfg, combine_kernel, a);
-    if (err != cudaSuccess) {  // no PDL here: a plain launch (stream order suffices)
-      cudaGetLastError();
-      combine_kernel<<<cfg.gridDim, cfg.blockDim, 0, stream>>>(a);
-      err = cudaGetLastError();
-    }
-  }
   if (workspace) {
     cudaError_t ferr = cudaFreeAsync(workspace, stream);
     if (err == cudaSuccess) err = ferr;
