@@ -14,18 +14,39 @@ namespace flashattn {
 namespace cuda {
 namespace decode {
 
-// Number of splits. num_splits > 0 forces it. Otherwise, when the (batch, kv
-// head, row tile) CTAs alone would leave SMs idle, split each sequence's keys so
-// that about one full wave of CTAs runs, keeping at least 4 key blocks (256
-// keys) per split so the pipeline prologue and the combine stay cheap.
+// Number of splits. num_splits > 0 forces it (at most kMaxSplits).
+//
+// Otherwise the rule: decode reads every K/V byte once and does next to no
+// math, so all that matters is that every SM keeps streaming until the end.
+// `ctas` = batch * heads_kv * row_tiles CTAs exist without splitting; `slots` =
+// SMs * CTAs resident per SM is one wave.
+//  1. ctas >= slots: no split. The machine is full already; splitting would only
+//     add partial-O traffic and the combine.
+//  2. Else aim at kTargetWaves (2) waves: splits = ceil(2 * slots / ctas). Two
+//     waves rather than one because the CTAs do not all stream at the same rate:
+//     with twice as many, half as long, an SM whose CTA ends early takes another
+//     one instead of idling, and one CTA's prologue (first loads in flight) or
+//     epilogue (merge, partial writes) overlaps its neighbour's streaming.
+//  3. Every split keeps >= kMinSplitBlocks key blocks (256 keys = 64 KB of K/V
+//     at D = 128): enough to fill the cp.async pipeline a few times over, and
+//     the fp32 partial it writes (<= 8 KB per row tile) stays small against it.
+//  4. Even out: with w = ceil(key_blocks / splits) blocks for the longest split,
+//     use ceil(key_blocks / w) splits -- the same longest split, so the same
+//     time, with no near-empty splits and fewer partials to merge (e.g. 512
+//     blocks, 66 splits -> w = 8 -> 64 splits of exactly 8 blocks).
+// seqlen_k is the capacity: a KV cache's real lengths live on the device.
+constexpr int kTargetWaves = 2;
+constexpr int kMinSplitBlocks = 4;
 inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, int ctas_per_sm) {
   if (forced > 0) return std::min(forced, kMaxSplits);
-  const int64_t slots = static_cast<int64_t>(sms) * std::max(ctas_per_sm, 1);
-  if (ctas >= slots * 8 / 10) return 1;
-  const int64_t key_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
-  int64_t splits = (slots + ctas - 1) / ctas;
-  splits = std::min<int64_t>(splits, std::max<int64_t>(key_blocks / 4, 1));
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(splits, 1), 128));
+  const int64_t slots = static_cast<int64_t>(std::max(sms, 1)) * std::max(ctas_per_sm, 1);
+  if (ctas >= slots) return 1;
+  const int64_t key_blocks = std::max<int64_t>((seqlen_k + kBlockN - 1) / kBlockN, 1);
+  int64_t splits = (kTargetWaves * slots + ctas - 1) / ctas;
+  splits = std::min<int64_t>({splits, std::max<int64_t>(key_blocks / kMinSplitBlocks, 1), kMaxSplits});
+  const int64_t w = (key_blocks + splits - 1) / splits;
+  splits = (key_blocks + w - 1) / w;
+  return static_cast<int>(std::max<int64_t>(splits, 1));
 }
 
 // Arrival counters of the fused combine for `count` groups, all 0, for launches
