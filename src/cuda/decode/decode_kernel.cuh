@@ -5,8 +5,10 @@
 // kv head -- the GQA group times seqlen_q, packed as row r = g * seqlen_q + i --
 // form one 16-row tile (more rows: several tiles), so every K/V byte is read
 // from HBM once per tile. The keys stream through a kStages-deep cp.async
-// pipeline of 16-byte loads (zero-filled past the end; paged caches look up
-// block_table per key row, any page_size). The 4 warps each take 16 of the 64
+// pipeline of 16-byte loads (zero-filled past the end): the first blocks' K/V
+// go out before Q, and each block's copy is issued before the math on the one
+// before it. Paged caches (any page_size) look their block_table entries up a
+// block ahead and walk (page, slot) without divisions. The 4 warps each take 16 of the 64
 // keys of a stage: S = Q K^T and O += P V run on mma.sync m16n8k16 with fp32
 // accumulators, the online softmax runs per warp in registers (base-2 units).
 // At the end the 4 warps' (m, l, O) are merged through shared memory with
@@ -301,58 +303,104 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
     return (a.cu_q ? 0 : static_cast<int64_t>(b) * bs) + row * rs + h * hs;
   };
 
-  // Q tile -> shared memory (zeros for missing rows).
-  const T* q = static_cast<const T*>(a.q);
-  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const int64_t off = q_row_offset(tile * kTileRows + r, a.q_bs, a.q_rs, a.q_hs);
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (off >= 0) val = *reinterpret_cast<const uint4*>(q + off + c * 8);
-    *reinterpret_cast<uint4*>(sQ + swz<D>(r, c)) = val;
-  }
-
-  // Issue the cp.asyncs of key block n of this split into stage n % kStages.
+  // ---- K/V loader --------------------------------------------------------------
+  // Thread tid copies 16-byte chunk c = tid % kChunks of rows r0, r0 + kRowStep, ...
+  // of each 64-key block: 2 * kRowsPerThread cp.asyncs (K and V) per block.
+  constexpr int kRowStep = kThreads / kChunks;        // 8 at D = 128, 16 at D = 64
+  constexpr int kRowsPerThread = kBlockN / kRowStep;  // 8 at D = 128, 4 at D = 64
+  const int c_ld = tid % kChunks, r0 = tid / kChunks;
   const T* kbase = static_cast<const T*>(a.k) + static_cast<int64_t>(hkv) * a.k_hs;
   const T* vbase = static_cast<const T*>(a.v) + static_cast<int64_t>(hkv) * a.v_hs;
-  const int64_t dense_k = a.cu_k ? static_cast<int64_t>(a.cu_k[b]) : 0;  // first packed row (varlen)
+  // Dense caches: key j of this sequence is at seq_k + j * row stride.
+  const int64_t seq_k = a.cu_k ? static_cast<int64_t>(a.cu_k[b]) * a.k_rs : static_cast<int64_t>(b) * a.k_bs;
+  const int64_t seq_v = a.cu_k ? static_cast<int64_t>(a.cu_k[b]) * a.v_rs : static_cast<int64_t>(b) * a.v_bs;
+
+  // Paged caches: key j is in slot j % page_size of page block_table[b][j / page_size].
+  // The table entries are a global load that the copy depends on, so they are
+  // looked up one block ahead of the copy (their latency hides behind a block of
+  // math), and (table index, slot) are walked incrementally -- a step of k rows
+  // moves k / page_size entries and k % page_size slots, carried like digits --
+  // so there is no division per row or per block, for any page size.
   const int32_t* bt = a.block_table ? a.block_table + static_cast<int64_t>(b) * a.bt_bs : nullptr;
-  auto load_block = [&](int n) {
+  struct PagedRows {
+    int page[kRowsPerThread];  // physical page of each of the thread's rows (-1: none)
+    int slot[kRowsPerThread];
+  };
+  const int ps = max(a.page_size, 1);
+  const int row_dp = kRowStep / ps, row_ds = kRowStep % ps;  // one step of kRowStep rows
+  const int blk_dp = kBlockN / ps, blk_ds = kBlockN % ps;    // one step of a block
+  int walk_key = key_lo + r0;  // the thread's first row in the next block to look up
+  int walk_lp = bt ? walk_key / ps : 0, walk_sl = bt ? walk_key % ps : 0;
+  auto lookup_pages = [&]() {
+    PagedRows pr;
+    int lp = walk_lp, sl = walk_sl;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      pr.page[i] = bt && walk_key + i * kRowStep < key_hi ? __ldg(bt + lp) : -1;
+      pr.slot[i] = sl;
+      lp += row_dp;
+      sl += row_ds;
+      if (sl >= ps) sl -= ps, ++lp;
+    }
+    walk_key += kBlockN;
+    walk_lp += blk_dp;
+    walk_sl += blk_ds;
+    if (walk_sl >= ps) walk_sl -= ps, ++walk_lp;
+    return pr;
+  };
+
+  // Issue the cp.asyncs of key block n of this split into stage n % kStages
+  // (zero-filled past key_hi and for a page index outside the pool).
+  auto load_block = [&](int n, const PagedRows& pr) {
     const int stage = n % kStages;
     T* dk = sK + stage * kBlockN * D;
     T* dv = sV + stage * kBlockN * D;
-    const int key0 = key_lo + n * kBlockN;
-    const int c = tid % kChunks;
+    const int key0 = key_lo + n * kBlockN + r0;
 #pragma unroll
-    for (int r = tid / kChunks; r < kBlockN; r += kThreads / kChunks) {
-      const int j = key0 + r;
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int r = r0 + i * kRowStep, j = key0 + i * kRowStep;
       bool ok = j < key_hi;
-      int64_t ko = 0, vo = 0;
-      if (ok) {
-        if (bt) {
-          const int page = bt[j / a.page_size];
-          const int slot = j % a.page_size;
-          ok = page >= 0 && page < a.num_pages;
-          ko = static_cast<int64_t>(page) * a.k_bs + static_cast<int64_t>(slot) * a.k_rs;
-          vo = static_cast<int64_t>(page) * a.v_bs + static_cast<int64_t>(slot) * a.v_rs;
-        } else if (a.cu_k) {
-          ko = (dense_k + j) * a.k_rs;
-          vo = (dense_k + j) * a.v_rs;
-        } else {
-          ko = static_cast<int64_t>(b) * a.k_bs + static_cast<int64_t>(j) * a.k_rs;
-          vo = static_cast<int64_t>(b) * a.v_bs + static_cast<int64_t>(j) * a.v_rs;
-        }
+      int64_t ko, vo;
+      if (bt) {
+        ok = ok && pr.page[i] >= 0 && pr.page[i] < a.num_pages;
+        ko = static_cast<int64_t>(pr.page[i]) * a.k_bs + static_cast<int64_t>(pr.slot[i]) * a.k_rs;
+        vo = static_cast<int64_t>(pr.page[i]) * a.v_bs + static_cast<int64_t>(pr.slot[i]) * a.v_rs;
+      } else {
+        ko = seq_k + static_cast<int64_t>(j) * a.k_rs;
+        vo = seq_v + static_cast<int64_t>(j) * a.v_rs;
       }
-      cp_async16(dk + swz<D>(r, c), ok ? kbase + ko + c * 8 : kbase, ok ? 16 : 0);
-      cp_async16(dv + swz<D>(r, c), ok ? vbase + vo + c * 8 : vbase, ok ? 16 : 0);
+      cp_async16(dk + swz<D>(r, c_ld), ok ? kbase + ko + c_ld * 8 : kbase, ok ? 16 : 0);
+      cp_async16(dv + swz<D>(r, c_ld), ok ? vbase + vo + c_ld * 8 : vbase, ok ? 16 : 0);
     }
   };
 
+  // Q tile -> shared memory by cp.async too (zeros for missing rows).
+  const T* q = static_cast<const T*>(a.q);
+  auto load_q = [&]() {
+    for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+      const int r = idx / kChunks, c = idx % kChunks;
+      const int64_t off = q_row_offset(tile * kTileRows + r, a.q_bs, a.q_rs, a.q_hs);
+      cp_async16(sQ + swz<D>(r, c), off >= 0 ? q + off + c * 8 : q, off >= 0 ? 16 : 0);
+    }
+  };
+
+  // Prologue: the K/V of the first kStages - 1 blocks go out first (all their
+  // page look-ups together), Q right behind block 0 in the same commit group:
+  // Q is 4 KB, K/V are what the first math waits for.
+  {
+    PagedRows first[kStages - 1];
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_blocks) load_block(s);
-    cp_async_commit();
+    for (int s = 0; s < kStages - 1; ++s) first[s] = lookup_pages();
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n_blocks) load_block(s, first[s]);
+      if (s == 0) load_q();
+      cp_async_commit();
+    }
   }
-  __syncthreads();  // sQ written
+  PagedRows next = lookup_pages();  // block kStages - 1, copied in iteration 0
+  cp_async_wait<kStages - 2>();     // group 0: Q and block 0
+  __syncthreads();
 
   // Q fragments (A operand) for all D/16 k-steps, kept in registers.
   uint32_t qa[D / 16][4];
@@ -386,8 +434,12 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
   for (int n = 0; n < n_blocks; ++n) {
     cp_async_wait<kStages - 2>();
     __syncthreads();  // block n landed for everyone; stage (n-1) % kStages is free
-    if (n + kStages - 1 < n_blocks) load_block(n + kStages - 1);
+    // Copy block n + kStages - 1 before the math on block n, so kStages - 1
+    // blocks (64 KB at D = 128, twice that per SM) stay in flight while it runs;
+    // then look up the pages of the block after it.
+    if (n + kStages - 1 < n_blocks) load_block(n + kStages - 1, next);
     cp_async_commit();
+    if (bt && n + kStages < n_blocks) next = lookup_pages();
 
     const int stage = n % kStages;
     const T* tk = sK + stage * kBlockN * D;
