@@ -237,6 +237,36 @@ std::vector<DecodeCase> decode_cases() {
   cs.push_back(c);
   c = DecodeCase(); c.seqlen_q = 2; c.causal = true; c.len_q = {1, 2, 2, 0, 1, 2}; c.page_size = 16;  // varlen + paged
   cs.push_back(c);
+  // Forced split counts, small to the maximum (256): most splits of the short
+  // sequences are empty (LSE -inf, weight 0 in the fused combine).
+  for (int s : {2, 64, 256})
+    for (int64_t page : {0, 16}) {
+      c = DecodeCase(); c.heads_q = 32; c.heads_kv = 8; c.capacity = 2000; c.used = {2000, 1999, 1, 0, 640};
+      c.num_splits = s; c.page_size = page;
+      cs.push_back(c);
+    }
+  // Page sizes 1, 16, 256 and ones that are no power of two (48 does not divide
+  // the 64-key block, 100 neither), with cache lengths 0, 1 and around page
+  // boundaries; heuristic and forced splits.
+  for (int64_t ps : {1, 16, 256, 48, 100})
+    for (int s : {0, 5}) {
+      c = DecodeCase(); c.heads_q = 16; c.heads_kv = 2; c.capacity = 600; c.page_size = ps; c.num_splits = s;
+      c.used = {0, 1, static_cast<int32_t>(std::max<int64_t>(ps - 1, 1)), static_cast<int32_t>(ps),
+                static_cast<int32_t>(ps + 1), static_cast<int32_t>(std::min<int64_t>(2 * ps, 600)), 600};
+      cs.push_back(c);
+    }
+  // GQA packing: 32 query heads on one kv head (two row tiles), and 16 heads x
+  // 3 query rows (three row tiles), both split.
+  c = DecodeCase(); c.heads_q = 32; c.heads_kv = 1; c.page_size = 16; c.num_splits = 9;
+  cs.push_back(c);
+  c = DecodeCase(); c.heads_q = 16; c.heads_kv = 1; c.seqlen_q = 3; c.causal = true; c.num_splits = 4;
+  cs.push_back(c);
+  // More (sequence, kv head) groups than the first counter buffer holds (4096):
+  // the per-stream counters grow.
+  c = DecodeCase(); c.heads_q = 8; c.heads_kv = 8; c.head_dim = 64; c.capacity = 130; c.num_splits = 2;
+  c.used.assign(520, 130);
+  for (size_t b = 0; b < c.used.size(); b += 7) c.used[b] = static_cast<int32_t>(b % 131);
+  cs.push_back(c);
   return cs;
 }
 
@@ -246,13 +276,114 @@ TEST_P(DecodeGpu, MatchesReference) {
 }
 INSTANTIATE_TEST_SUITE_P(Cases, DecodeGpu, ::testing::Range(0, static_cast<int>(decode_cases().size())));
 
-// Small paged case for compute-sanitizer memcheck (odd page size, ragged, causal, splits).
-TEST(DecodeGpuSanitize, SmallPaged) {
+// Small cases for compute-sanitizer (memcheck, racecheck, synccheck; named
+// Sanitize* so scripts/gpu_check.sh's filter picks them up): odd page size,
+// ragged, causal, splits; then many splits through the fused combine.
+TEST(SanitizeDecode, SmallPaged) {
   FLASHATTN_SKIP_WITHOUT_GPU();
   DecodeCase c;
   c.heads_q = 8; c.heads_kv = 2; c.seqlen_q = 2; c.causal = true; c.capacity = 70; c.used = {70, 0, 1, 33};
   c.page_size = 3; c.num_splits = 3; c.head_dim = 64;
   run_case(c, 77);
+}
+TEST(SanitizeDecode, ManySplitsPaged) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  DecodeCase c;
+  c.heads_q = 8; c.heads_kv = 2; c.capacity = 300; c.used = {300, 0, 1, 129}; c.page_size = 48; c.num_splits = 16;
+  run_case(c, 78);
+}
+
+// The fused combine's arrival counters must be back at 0 after every launch:
+// the same call twice in a row, with different split counts in between, and on
+// two streams at once must give bit-identical O and LSE (outputs are poisoned
+// before each call, so a group whose last CTA was missed keeps NaNs).
+TEST(DecodeGpuCounters, RepeatAndTwoStreams) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  const int64_t B = 3, hq = 32, hkv = 8, D = 128, cap = 3000;
+  std::vector<int32_t> used = {3000, 1, 2047};
+  std::mt19937_64 rng(4242);
+  HostTensor q(DType::kBFloat16, B * hq * D), k(DType::kBFloat16, B * cap * hkv * D),
+      v(DType::kBFloat16, B * cap * hkv * D);
+  q.fill_normal(rng);
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  DeviceBuffer dq = testing::to_device(q), dk = testing::to_device(k), dv = testing::to_device(v), dused(B * 4);
+  ASSERT_EQ(dused.upload(used.data(), B * 4), cudaSuccess);
+  FwdParams p;
+  p.device = Device::kCUDA;
+  p.batch = B;
+  p.seqlen_q = 1;
+  p.seqlen_k = cap;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.head_dim = D;
+  p.dtype = DType::kBFloat16;
+  set_contiguous_strides(p);
+  p.q = dq.get();
+  p.k = dk.get();
+  p.v = dv.get();
+  p.seqused_k = dused.as<int32_t>();
+  const size_t o_bytes = B * hq * D * 2, lse_bytes = B * hq * 4;
+  // Outputs to NaN; synchronized, as cudaMemset runs on the legacy stream, which
+  // the non-blocking streams below do not wait for.
+  auto poison = [&](DeviceBuffer& o, DeviceBuffer& lse) {
+    EXPECT_EQ(o.poison(), cudaSuccess);
+    EXPECT_EQ(lse.poison(), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  };
+  // One call on `stream` (no synchronization).
+  auto launch = [&](int splits, cudaStream_t stream, DeviceBuffer& o, DeviceBuffer& lse) {
+    FwdParams c = p;
+    c.num_splits = splits;
+    c.stream = stream;
+    c.o = o.get();
+    c.lse = lse.as<float>();
+    const Status st = forward(c);
+    EXPECT_TRUE(st.ok()) << st.message;
+  };
+  auto fetch = [&](const DeviceBuffer& o, const DeviceBuffer& lse) {
+    std::vector<unsigned char> out(o_bytes + lse_bytes);
+    EXPECT_EQ(o.download(out.data(), o_bytes), cudaSuccess);
+    EXPECT_EQ(lse.download(out.data() + o_bytes, lse_bytes), cudaSuccess);
+    return out;
+  };
+  DeviceBuffer o1(o_bytes), l1(lse_bytes), o2(o_bytes), l2(lse_bytes);
+  for (int splits : {0, 7, 64, 3, 7, 0}) {
+    SCOPED_TRACE("splits " + std::to_string(splits));
+    poison(o1, l1);
+    launch(splits, nullptr, o1, l1);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<unsigned char> first = fetch(o1, l1);
+    poison(o1, l1);
+    poison(o2, l2);
+    launch(splits, nullptr, o1, l1);
+    launch(splits, nullptr, o2, l2);  // back to back, no sync in between
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(fetch(o1, l1) == first) << "second call differs from the first";
+    EXPECT_TRUE(fetch(o2, l2) == first) << "third call differs from the first";
+    // Sanity: the first result is not poison (0xff bytes are NaN in bf16 and fp32).
+    for (size_t e = 0; e < o_bytes; e += 2) ASSERT_FALSE(first[e] == 0xff && first[e + 1] == 0xff) << "O left NaN";
+  }
+  // Two streams at once, each with its own counters.
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking), cudaSuccess);
+  poison(o1, l1);
+  launch(64, nullptr, o1, l1);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<unsigned char> ref = fetch(o1, l1);
+  for (int rep = 0; rep < 3; ++rep) {
+    poison(o1, l1);
+    poison(o2, l2);
+    launch(64, s1, o1, l1);
+    launch(64, s2, o2, l2);
+    ASSERT_EQ(cudaStreamSynchronize(s1), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s2), cudaSuccess);
+    EXPECT_TRUE(fetch(o1, l1) == ref) << "stream 1, rep " << rep;
+    EXPECT_TRUE(fetch(o2, l2) == ref) << "stream 2, rep " << rep;
+  }
+  cudaStreamDestroy(s1);
+  cudaStreamDestroy(s2);
 }
 
 // What the decode path refuses, with a reason.
