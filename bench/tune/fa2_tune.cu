@@ -118,7 +118,9 @@ template <>
 void sweep<64>(const Problem& pb, Element* out) {
   std::vector<float> ref;
   constexpr fa::Fa2FwdTile t = fa::fa2_fwd_tile(64);
-  time_config<fa::fa2::FwdTraits<64, t.block_m, t.block_n, t.warps, Element>>(pb, out, "default", nullptr, &ref);
+  time_config<fa::fa2::FwdTraits<64, t.block_m, t.block_n, t.warps, Element, t.min_blocks>>(pb, out, "default", nullptr, &ref);
+  time_config<fa::fa2::FwdTraits<64, t.block_m, t.block_n, t.warps, Element, t.min_blocks, false>>(
+      pb, out, "default, eager rescale", &ref, nullptr);
   CAND(64, 128, 64, 4, 1);
   CAND(64, 128, 64, 4, 3);
   CAND(64, 128, 128, 4, 1);
@@ -133,8 +135,9 @@ template <>
 void sweep<128>(const Problem& pb, Element* out) {
   std::vector<float> ref;
   constexpr fa::Fa2FwdTile t = fa::fa2_fwd_tile(128);
-  time_config<fa::fa2::FwdTraits<128, t.block_m, t.block_n, t.warps, Element>>(pb, out, "default", nullptr, &ref);
-  CAND(128, 128, 64, 4, 1);
+  time_config<fa::fa2::FwdTraits<128, t.block_m, t.block_n, t.warps, Element, t.min_blocks>>(pb, out, "default", nullptr, &ref);
+  time_config<fa::fa2::FwdTraits<128, t.block_m, t.block_n, t.warps, Element, t.min_blocks, false>>(
+      pb, out, "default, eager rescale", &ref, nullptr);
   CAND(128, 128, 32, 4, 1);
   CAND(128, 128, 128, 8, 1);
   CAND(128, 128, 64, 8, 1);

@@ -30,7 +30,7 @@ using namespace flashattn::testing;
 template <int D, typename E>
 void launch(const Fa2FwdArgs& a) {
   constexpr Fa2FwdTile t = fa2_fwd_tile(D);
-  using Tr = fa2::FwdTraits<D, t.block_m, t.block_n, t.warps, E>;
+  using Tr = fa2::FwdTraits<D, t.block_m, t.block_n, t.warps, E, t.min_blocks>;
   const bool local = a.window_left >= 0 || a.window_right >= 0, cap = a.softcap_pre != 0;
   const bool vl = a.cu_seqlens_q || a.seqused_k;
   auto k = local ? (cap ? fa2::fwd_kernel_for<Tr, true, true>(vl) : fa2::fwd_kernel_for<Tr, true, false>(vl))

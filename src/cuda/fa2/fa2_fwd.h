@@ -49,17 +49,20 @@ struct Fa2FwdArgs {
 // block_m * block_n / (32 * warps); together they must stay well under 255.
 struct Fa2FwdTile {
   int block_m, block_n, warps;
+  int min_blocks = 1;  // __launch_bounds__ minimum CTAs per SM (caps registers)
 };
 constexpr Fa2FwdTile fa2_fwd_tile(int head_dim) {
-  // hdim 64: 128 x 128, 4 warps (2 m-tiles of 16 rows per warp): O 64 + S 128 regs.
-  // hdim 96/128: 128 x 64, 4 warps: O 96/128 + S 64 regs; two CTAs per SM.
+  // Measured on H100 with bench/tune/fa2_tune.cu (flashattn-fa2-tune), docs/04-fa2.md:
+  // hdim 64: 128 x 64, 4 warps, 3 CTAs per SM (registers capped at 168: O 64 + S 64):
+  //          +10-17 % over 2 CTAs per SM non-causal, +3-6 % causal; 128 x 128 spills.
+  // hdim 96/128: 128 x 64, 4 warps: O 96/128 + S 64 regs; two CTAs per SM. Best of
+  //          128x32, 64x64, 64x128, 128x128/8 warps, 256x64/8 warps at N = 2k and 8k.
   // hdim 192: 128 x 64, 8 warps (1 m-tile per warp): O 96 + S 32 regs.
   // hdim 256: 64 x 64, 4 warps: O 128 + S 32 regs, ~101 KB smem, two CTAs per SM.
-  // Measured on H100 (docs/04-fa2.md) for hdim 64 and 128.
-  return head_dim <= 64    ? Fa2FwdTile{128, 64, 4}
-         : head_dim <= 128 ? Fa2FwdTile{128, 64, 4}
-         : head_dim <= 192 ? Fa2FwdTile{128, 64, 8}
-                           : Fa2FwdTile{64, 64, 4};
+  return head_dim <= 64    ? Fa2FwdTile{128, 64, 4, 3}
+         : head_dim <= 128 ? Fa2FwdTile{128, 64, 4, 1}
+         : head_dim <= 192 ? Fa2FwdTile{128, 64, 8, 1}
+                           : Fa2FwdTile{64, 64, 4, 1};
 }
 
 // Head dims with a compiled kernel (the real head dim is rounded up to one).

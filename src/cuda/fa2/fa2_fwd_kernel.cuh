@@ -33,7 +33,8 @@ namespace flashattn {
 namespace cuda {
 namespace fa2 {
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, typename Element_, int kMinBlocks_ = 1>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, typename Element_, int kMinBlocks_ = 1,
+          bool kLazyRescale_ = true>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -43,6 +44,8 @@ struct FwdTraits {
   static constexpr int kThreads = kWarps * 32;
   // __launch_bounds__ minimum CTAs per SM: > 1 caps the registers (65536 / (kThreads * n)).
   static constexpr int kMinBlocks = kMinBlocks_;
+  // Lazy max (see the softmax step); false = move the max on every increase (A/B timing only).
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kMTiles = kBlockM / (16 * kWarps);  // 16-row m-tiles per warp
   static constexpr int kNTiles = kBlockN / 8;              // 8-key n-tiles of S
   static constexpr int kDTiles = kHeadDim / 8;             // 8-column n-tiles of O
@@ -280,20 +283,37 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
         }
     }
 
-    // Online softmax (log2 domain): new max, rescale O and the sum by the max change.
+    // Online softmax (log2 domain, docs/04-fa2.md eq. (5)). The running max only moves
+    // when the block's max exceeds it by more than kMaxSlack (log2 units): until then
+    // p = exp2(s - stale max) <= 2^kMaxSlack, harmless in fp32 and in 16-bit P, and
+    // the result is unchanged (O / rowsum and LSE use the same max). O is rescaled
+    // only when some row of the warp moved its max -- after the first blocks, rarely.
+    constexpr float kMaxSlack = Tr::kLazyRescale ? 8.0f : 0.0f;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float mx = row_max[mt][i];
+        float mx = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(acc_s[mt][nt][2 * i], acc_s[mt][nt][2 * i + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float corr = 1.0f;
+        // (The first visible block always moves it: row_max is -inf until then.)
+        const bool moved = mx * scale_log2 > row_max[mt][i] * scale_log2 + kMaxSlack;
+        if (moved) {
+          corr = sm80::exp2_approx((row_max[mt][i] - mx) * scale_log2);  // 0 on the first block
+          row_max[mt][i] = mx;
+        }
+        if (__any_sync(0xffffffffu, moved)) {  // warp-uniform: skip the O rescale when no row moved
+#pragma unroll
+          for (int dt = 0; dt < kDTiles; ++dt) {
+            acc_o[mt][dt][2 * i] *= corr;
+            acc_o[mt][dt][2 * i + 1] *= corr;
+          }
+        }
         // All keys so far masked: keep exponents finite (every p is exp2(-inf) = 0).
-        const float max_scaled = mx == -INFINITY ? 0.0f : mx * scale_log2;
-        const float corr = sm80::exp2_approx(row_max[mt][i] * scale_log2 - max_scaled);  // 0 on the first block
-        row_max[mt][i] = mx;
+        const float max_scaled = row_max[mt][i] == -INFINITY ? 0.0f : row_max[mt][i] * scale_log2;
         float sum = row_sum[mt][i] * corr;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
@@ -304,11 +324,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) fwd_kernel(const
             sum += p;
           }
         row_sum[mt][i] = sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          acc_o[mt][dt][2 * i] *= corr;
-          acc_o[mt][dt][2 * i + 1] *= corr;
-        }
       }
 
     // P in 16 bits: the C fragments of n-tiles 2k, 2k+1 form the A fragment of k-step k.

@@ -22,7 +22,7 @@ auto fwd_kernel_for(bool varlen) {
 template <int kHeadDim, typename Element>
 Status run_fa2_fwd(const Fa2FwdArgs& args, cudaStream_t stream) {
   constexpr Fa2FwdTile kTile = fa2_fwd_tile(kHeadDim);
-  using Tr = fa2::FwdTraits<kHeadDim, kTile.block_m, kTile.block_n, kTile.warps, Element>;
+  using Tr = fa2::FwdTraits<kHeadDim, kTile.block_m, kTile.block_n, kTile.warps, Element, kTile.min_blocks>;
   // Causal and sliding-window masks change the loop bounds and the per-block
   // mask test; without them only the seqlen_k tail block is masked. Softcap is
   // a template flag too: as a runtime branch it pushed hdim 128 into spills. So is
