@@ -73,13 +73,20 @@ fi
 if stage python && [ -d "$BUILD/python/flashattn" ]; then
   export PYTHONPATH="$BUILD/python:${PYTHONPATH:-}"
   t0=$(date +%s)
-  (cd python/tests && timeout 300 python3 -m pytest -q -rs -p no:cacheprovider --tb=short . >"$OUT/pytest.log" 2>&1)
-  note "pytest rc=$? ($(elapsed $t0)): $(tail -1 "$OUT/pytest.log")"
-  grep -E "^FAILED|^ERROR|Fatal|Segmentation" "$OUT/pytest.log" | head -20
-  (cd /tmp && timeout 60 python3 "$OLDPWD/python/bench/overhead.py" >"$OUT/py_overhead.txt" 2>&1)
-  note "python overhead rc=$?: $(grep -iE 'overhead' "$OUT/py_overhead.txt" | head -2 | tr '\n' ' ')"
-  (cd /tmp && timeout 60 python3 "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1)
-  note "train_tiny rc=$?: $(tail -1 "$OUT/train_tiny.txt")"
+  # hang_guard: if a run is still alive 30 s after pytest's summary (or past its timeout) it
+  # prints every thread's Python stack, name, wait channel and native stack, then kills it.
+  GUARD="python3 $PWD/scripts/hang_guard.py"
+  (cd python/tests && $GUARD --timeout 300 --after-summary 30 -- python3 -X faulthandler -m pytest -q -rs \
+     -p no:cacheprovider -o faulthandler_timeout=120 --tb=short . >"$OUT/pytest.log" 2>&1)
+  rc=$?
+  note "pytest rc=$rc ($(elapsed $t0)): $(grep -E '[0-9]+ (passed|failed)|no tests ran' "$OUT/pytest.log" | tail -1)"
+  grep -E "^FAILED|^ERROR|Fatal|Segmentation|hang_guard.*(HUNG|exited)|flashattn tests: exit" "$OUT/pytest.log" | head -20
+  BENCHBIN=""; [ -x "$BUILD/bench/flashattn-bench" ] && BENCHBIN="--bench $BUILD/bench/flashattn-bench"
+  (cd /tmp && $GUARD --timeout 240 -- python3 -X faulthandler "$OLDPWD/python/bench/overhead.py" --n 4096 --d 128 \
+     $BENCHBIN >"$OUT/py_overhead.txt" 2>&1)
+  note "python overhead rc=$?: $(grep -E '=> ' "$OUT/py_overhead.txt" | tr '\n' ' ')"
+  (cd /tmp && $GUARD --timeout 90 -- python3 -X faulthandler "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1)
+  note "train_tiny rc=$?: $(grep -v hang_guard "$OUT/train_tiny.txt" | tail -1)"
 fi
 
 if stage bench; then

@@ -4,7 +4,8 @@ kernels and a registered autograd formula) that torch.compile(fullgraph=True)
 traces without graph breaks.
 
 Tensors still reach C++ through DLPack (torch._C._to_dlpack capsules, the
-cheapest exporter); no libtorch symbol is linked.
+cheapest exporter; passing data_ptr()/shape/stride() instead measured no faster,
+the Python-side queries cost what the capsules save); no libtorch symbol is linked.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ _is_compiling = torch.compiler.is_compiling
 _is_grad_enabled = torch.is_grad_enabled
 _empty_like = torch.empty_like
 _fwd = _C.fwd
+_float32 = torch.float32
 
 
 def _check(q, k, v):
@@ -175,8 +177,8 @@ def flash_attn_func(q, k, v, softmax_scale, causal, window_size, softcap, determ
     else:
         out = _empty_like(q) if v.shape[3] == q.shape[3] else q.new_empty(q.shape[:3] + (v.shape[3],))
         lse = None
-        if return_lse:
-            lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
+        if return_lse:  # allocated only when asked for (the kernels skip the LSE store without it)
+            lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_float32)
         r = _fwd(_dlpack(q), _dlpack(k), _dlpack(v), _dlpack(out), None if lse is None else _dlpack(lse), scale,
                  causal, window_left, window_right, softcap, kid, _stream(q), 0, -1)
         if r is not None:

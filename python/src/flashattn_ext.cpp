@@ -375,39 +375,44 @@ nb::object fwd_raw(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t
 }
 
 #if FLASHATTN_WITH_CUDA
-// C++-side timing of the same raw call: after `warmup` untimed calls, `rounds`
-// rounds of `reps` back-to-back forward() calls between two CUDA events on
-// `stream` (so host-side latency overlaps the GPU, as in a real model). Returns
-// the milliseconds per call of each round; the Python benchmark times the
-// Python API the same way and compares the medians.
-std::vector<float> time_fwd_raw_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
-                                     int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q,
-                                     int64_t heads_kv, int64_t head_dim, int dtype, int device_index, bool causal,
-                                     uintptr_t stream, int warmup, int reps, int rounds, int kernel) {
+// The C++ side of python/bench/overhead.py's end-to-end comparison, timed the
+// way flashattn-bench --gpu times a row (bench/bench_gpu.cpp, time_gpu): on
+// `stream`, `warmup` untimed calls, then `reps` back-to-back forward() calls,
+// each between its own pair of CUDA events, no synchronization until the end.
+// Returns the milliseconds of every call (the caller takes the median).
+std::vector<float> time_fwd_raw_events(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
+                                       int64_t batch, int64_t seqlen_q, int64_t seqlen_k, int64_t heads_q,
+                                       int64_t heads_kv, int64_t head_dim, int dtype, int device_index, bool causal,
+                                       uintptr_t stream, int warmup, int reps, int kernel) {
   const FwdParams p = raw_params(q, k, v, o, lse, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,
                                  static_cast<int>(Device::kCUDA), device_index, causal, stream, kernel);
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  const int nrounds = rounds > 0 ? rounds : 1;
-  std::vector<float> ms(nrounds, 0.0f);
+  const int n = reps > 0 ? reps : 1;
+  std::vector<float> ms(n, 0.0f);
+  std::vector<cudaEvent_t> starts(n, nullptr), stops(n, nullptr);
   Status st;
+  cudaError_t err = cudaSuccess;
   {
     nb::gil_scoped_release release;
-    for (int i = 0; i < warmup && st.ok(); ++i) st = forward(p);
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    for (int r = 0; r < nrounds && st.ok(); ++r) {
-      cudaEventRecord(a, s);
-      for (int i = 0; i < reps && st.ok(); ++i) st = forward(p);
-      cudaEventRecord(b, s);
-      cudaEventSynchronize(b);
-      cudaEventElapsedTime(&ms[r], a, b);
-      ms[r] /= static_cast<float>(reps > 0 ? reps : 1);
+    for (int i = 0; i < n && err == cudaSuccess; ++i) {
+      err = cudaEventCreate(&starts[i]);
+      if (err == cudaSuccess) err = cudaEventCreate(&stops[i]);
     }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
+    for (int i = 0; i < warmup && st.ok() && err == cudaSuccess; ++i) st = forward(p);
+    for (int i = 0; i < n && st.ok() && err == cudaSuccess; ++i) {
+      err = cudaEventRecord(starts[i], s);
+      st = forward(p);
+      if (err == cudaSuccess) err = cudaEventRecord(stops[i], s);
+    }
+    if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+    for (int i = 0; i < n && st.ok() && err == cudaSuccess; ++i) err = cudaEventElapsedTime(&ms[i], starts[i], stops[i]);
+    for (int i = 0; i < n; ++i) {
+      if (starts[i]) cudaEventDestroy(starts[i]);
+      if (stops[i]) cudaEventDestroy(stops[i]);
+    }
   }
   if (!st.ok()) throw std::runtime_error(st.message);
+  if (err != cudaSuccess) throw std::runtime_error(std::string("CUDA error while timing: ") + cudaGetErrorString(err));
   return ms;
 }
 #endif
@@ -434,9 +439,9 @@ NB_MODULE(_C, m) {
         "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device"_a, "device_index"_a, "causal"_a, "stream"_a,
         "kernel"_a = 0);
 #if FLASHATTN_WITH_CUDA
-  m.def("time_fwd_raw_cuda", &time_fwd_raw_cuda, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a,
-        "seqlen_k"_a, "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device_index"_a, "causal"_a, "stream"_a,
-        "warmup"_a, "reps"_a, "rounds"_a, "kernel"_a = 0);
+  m.def("time_fwd_raw_events", &time_fwd_raw_events, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a,
+        "seqlen_q"_a, "seqlen_k"_a, "heads_q"_a, "heads_kv"_a, "head_dim"_a, "dtype"_a, "device_index"_a, "causal"_a,
+        "stream"_a, "warmup"_a, "reps"_a, "kernel"_a = 0);
 #endif
   m.def("cuda_compiled", &flashattn::cuda_compiled);
   m.def("cuda_device_count", &flashattn::cuda_device_count);
