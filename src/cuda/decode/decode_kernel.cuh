@@ -196,14 +196,16 @@ __device__ __forceinline__ void combine_if_last(const DecodeArgs& a, float* smem
   float* w_tab = smem;                           // [kMaxSplits][16]: weight of split s in row r
   float* row_lse = w_tab + kMaxSplits * kTileRows;  // [16]
 
-  // 1. Per row: the merged statistics (a warp per row, lanes over splits), then
-  //    every split's weight exp(LSE_s - m) / l, computed once.
+  // 1. Per row: the merged statistics (a warp per row, lanes over splits, all
+  //    loads independent), then every split's weight exp(LSE_s - m) / l,
+  //    computed once. The LSEs wait in the weight table between the two passes.
   for (int r = warp; r < n_rows; r += kWarps) {
     if ((row0 + r) % a.seqlen_q >= len_q) continue;  // no partials were written for it
     const int64_t li = lse_index(r);
+    for (int s = lane; s < a.splits; s += 32) w_tab[s * kTileRows + r] = __ldcg(a.lse_part + s * split_stride + li);
     SoftmaxStats st;
     for (int s = lane; s < a.splits; s += 32) {
-      const float l = __ldcg(a.lse_part + s * split_stride + li);
+      const float l = w_tab[s * kTileRows + r];
       st = merge(st, SoftmaxStats{l, l == -INFINITY ? 0.0f : 1.0f});
     }
 #pragma unroll
@@ -213,16 +215,18 @@ __device__ __forceinline__ void combine_if_last(const DecodeArgs& a, float* smem
       other.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
       st = merge(st, other);
     }
-    for (int s = lane; s < a.splits; s += 32) {
-      const float l = __ldcg(a.lse_part + s * split_stride + li);
+    for (int s = lane; s < a.splits; s += 32) {  // each lane rewrites only its own entries
+      const float l = w_tab[s * kTileRows + r];
       w_tab[s * kTileRows + r] = st.sum > 0.0f ? rescale_factor(l, st.max) / st.sum : 0.0f;
     }
     if (lane == 0) row_lse[r] = log_sum_exp(st);
   }
   __syncthreads();
 
-  // 2. O = sum_s w_s O_s: one thread per (row, 4 columns), the loads of several
-  //    splits in flight at once (the partials were just written: L2 hits).
+  // 2. O = sum_s w_s O_s: one thread per (row, 4 columns), the loads of 16
+  //    splits in flight at once (the partials were just written: L2 hits). This
+  //    runs at the very end of the launch on one SM per group, so it is made of
+  //    independent loads: 128 threads x 16 x 16 B = 32 KB per L2 round trip.
   constexpr int kQuads = D / 4;
   for (int idx = tid; idx < n_rows * kQuads; idx += kThreads) {
     const int r = idx / kQuads, col = (idx % kQuads) * 4;
@@ -234,7 +238,7 @@ __device__ __forceinline__ void combine_if_last(const DecodeArgs& a, float* smem
     }
     const float* src = a.o_part + li * D + col;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
+#pragma unroll 16
     for (int s = 0; s < a.splits; ++s) {
       const float w = w_tab[s * kTileRows + r];  // 0 for an empty split (its O_s is 0, never garbage)
       const float4 x = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride * D));
