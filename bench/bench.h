@@ -24,6 +24,7 @@ struct Options {
   std::string dtype;   // "" = fp32 on the CPU, bf16 on the GPU
   int reps = 0;        // 0 = default (GPU >= 20, CPU 5, both capped by a time budget)
   int threads = 0;     // CPU threads (0 = all)
+  int splits = 0;      // --splits S: num_splits of the decode sweep's calls (0 = the kernel's heuristic)
   // GPU mode bounds: our rungs stop being timed after max_seconds (the rest are
   // reported as skipped), and one measurement running longer than row_timeout
   // seconds (a hung kernel) ends the run with the partial table and summary.

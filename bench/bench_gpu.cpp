@@ -529,6 +529,7 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   p.device = Device::kCUDA;
   set_contiguous_strides(p);
   if (cache) p.seqused_k = static_cast<const int32_t*>(seqused.get());
+  if (decode) p.num_splits = s.o.splits;  // --splits: force the split count (sweeps of the heuristic)
   if (page) {
     p.k_batch_stride = p.v_batch_stride = page * g.hkv * g.d;  // one page
     p.block_table = static_cast<const int32_t*>(table.get());

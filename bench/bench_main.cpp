@@ -22,7 +22,7 @@ void usage() {
   std::printf(
       "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
-      "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T]\n"
+      "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T] [--splits S (decode num_splits)]\n"
       "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
       "default: CPU mode (fwd fp32 B=1 H=8 N=2048 D=64/128, causal and not; a bwd row; softmax GB/s).\n"
       "--gpu: forward of every CUDA rung for 16k tokens per batch, hidden 2048 (B = 16384/N, H = 2048/D),\n"
@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
     else if (a == "--causal") o.causal = static_cast<int>(integer("--causal") != 0);
     else if (a == "--reps") o.reps = static_cast<int>(integer("--reps"));
     else if (a == "--threads") o.threads = static_cast<int>(integer("--threads"));
+    else if (a == "--splits") o.splits = static_cast<int>(integer("--splits"));
     else if (a == "--max-seconds") o.max_seconds = static_cast<int>(integer("--max-seconds"));
     else if (a == "--row-timeout") o.row_timeout = static_cast<int>(integer("--row-timeout"));
     else if (a == "--dtype") {
