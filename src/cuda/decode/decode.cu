@@ -22,7 +22,10 @@ template <int D> Status run_decode(const FwdParams& p);
 // the stream may use it, and cudaFree would synchronize the device), so at most
 // as many bytes again are held. A stream's buffer outlives the stream (a few
 // bytes); a new stream that gets a destroyed one's handle while the old
-// stream's work still runs would share counters with it (not guarded).
+// stream's work still runs would share counters with it (not guarded). For CUDA
+// graphs: make one call on the stream before capturing (the first buffer is a
+// cudaMalloc), and do not replay a graph concurrently with direct calls on the
+// stream it was captured from (they would share counters).
 Status group_counters(cudaStream_t stream, int64_t count, unsigned int** counters) {
   struct Entry {
     int device;

@@ -1,5 +1,5 @@
-// Host side of the decode kernels for one head dim: split heuristic, workspace,
-// launches. Instantiated once per head dim (decode_hdimNNN.cu).
+// Host side of the decode kernel for one head dim: split heuristic, partials
+// workspace and combine counters, the launch. Instantiated once per head dim (decode_hdimNNN.cu).
 #pragma once
 
 #include <cuda_runtime.h>
