@@ -29,6 +29,8 @@
 
 #if FLASHATTN_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda/softmax_rows.cuh"  // the pinned two-pass long-row path, for comparison
 #endif
 
 namespace flashattn {
@@ -412,7 +414,9 @@ void build_softmax_sweep(Sweep& s) {
   struct Shape {
     int64_t rows, cols;
   };
-  std::vector<Shape> shapes = {{16384, 4096}, {1024, 131072}};
+  // Long rows / few rows (4 x 2^20, 32 x 2^18) take the split-row path: single pass,
+  // next to the pinned two-pass kernels and a device copy of the same bytes.
+  std::vector<Shape> shapes = {{16384, 4096}, {1024, 131072}, {4, 1 << 20}, {32, 1 << 18}};
   std::vector<DType> dts = {s.dt};
   if (s.dt != DType::kFloat32) dts.push_back(DType::kFloat32);
   if (s.o.quick) shapes = {{8192, 4096}}, dts = {s.dt};
@@ -432,6 +436,16 @@ void build_softmax_sweep(Sweep& s) {
         r.note = softmax_variant_name(v);
         s.rows.push_back(r);
       }
+      if (sh.cols > 8192) {  // split rows: the old two-kernel path, pinned
+        Row r = base;
+        r.name = "softmax_online_2pass";
+        r.note = "online 2-pass";
+        s.rows.push_back(r);
+      }
+      Row copy = base;  // cudaMemcpyAsync of x to y: the read-once write-once ceiling
+      copy.name = "copy";
+      copy.note = "copy";
+      s.rows.push_back(copy);
       Row t = base;
       t.name = "torch";
       t.is_torch = true;
@@ -473,6 +487,11 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
       s.measure(*r, sets, [&](int i) {
         p.x = xs[i].get();
         p.y = ys[i].get();
+        if (r->note == "copy") {
+          BENCH_CUDA(cudaMemcpyAsync(p.y, p.x, static_cast<size_t>(n * es), cudaMemcpyDeviceToDevice, nullptr));
+          return Status::Ok();
+        }
+        if (r->note == "online 2-pass") return cuda::launch_softmax_rows(p, nullptr, nullptr, cuda::LongRowPath::kTwoPass);
         return softmax(p);
       });
     }

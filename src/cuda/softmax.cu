@@ -5,19 +5,26 @@
 //   online (3)/(4): one pass keeps (m, l) and rescales l whenever m grows; partial (m, l)
 //           of threads, warps, blocks and row chunks merge exactly with equation (4).
 //
-// Three launch shapes, picked by the row length (host code at the bottom):
+// Launch shapes, picked by the row length (host code at the bottom):
 //   short rows  (cols <= 1024):  one warp per row held in registers, shuffle reductions only.
 //   medium rows (row fits 96 KiB): one block per row; the row is cached in shared
 //                memory by the first pass, so x is read from HBM exactly once.
-//   long rows / few rows: the row is cut into chunks of one block each; every block
-//                writes its partial (m, l) (kernel 1), each normalize block merges
-//                the row's partials with equation (4) and writes its chunk (kernel 2).
+//   long rows / few rows: the row is cut into chunks of one block each.
+//     single pass (default): each block keeps its chunk in registers, publishes the
+//                chunk's (m, l), waits for the other chunks of its row, merges all of
+//                them with equation (4) and writes its chunk: x read once, y written once.
+//                Needs every chunk of a row co-resident (cooperative launch).
+//     two pass (fallback when a row has more chunks than fit on the GPU at once):
+//                kernel 1 writes each chunk's (m, l), kernel 2 merges the row's
+//                partials with equation (4) and normalizes its chunk (x read twice).
 // Loads and stores are 16-byte vectors when pointers and strides allow it,
 // scalar otherwise (validate only guarantees element alignment here).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cuda/atomic>
+#include <type_traits>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
@@ -313,15 +320,296 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_normalize_kernel(
 }
 
 // ---------------------------------------------------------------------------
+// Long rows, single pass: one cooperative launch of persistent blocks.
+//
+// Work item t (taken in ticket order: atomicAdd on scratch.ticket) is chunk
+// t % splits of row t / splits. The block
+//   1. loads the chunk into registers (kPackets 16-byte packets per thread, 32 values),
+//   2. computes the chunk's (m, l) with the variant's rule ((1), (2) or (3)/(4)),
+//   3. publishes it to scratch.partial and counts itself in scratch.arrived[row]
+//      (release), then waits until all `splits` chunks of the row arrived (acquire),
+//   4. merges the row's partials with equation (4) and writes its chunk
+//      y = exp(x - m) / l from the registers it still holds.
+// Deadlock freedom: the launch is cooperative, so every block of the grid is
+// resident at once, and the host checks splits <= grid. Tickets hand out the
+// chunks of row r only after all chunks of earlier rows, so the blocks waiting in
+// step 3 are at most splits - 1 blocks of the lowest unfinished row (plus blocks of
+// earlier rows that are about to finish): some block is always free to take the
+// row's next ticket. Nothing depends on blockIdx order or on the hardware scheduler.
+// ---------------------------------------------------------------------------
+constexpr int kSinglePassMaxThreads = 256;
+constexpr int kSinglePassMinBlocks = 4;  // per SM at 256 threads: <= 64 registers per thread
+// Packets (16 B, or one element on the scalar path) held per thread: 32 values on the
+// vector path (fp32: 8 packets, fp16/bf16: 4), 8 on the scalar path. With 64 fp16/bf16
+// values per thread the fp32 copies made for the math did not fit 64 registers (spills).
+template <int VEC>
+constexpr int kPackets = VEC == 1 ? 8 : 32 / VEC;
+
+struct SinglePassScratch {
+  unsigned long long* ticket;  // next work item; zeroed before the launch
+  unsigned* arrived;           // [rows] chunks of the row that published their (m, l); zeroed
+  SoftmaxStats* partial;       // [rows, splits] (m, l) of each chunk
+};
+
+// Packet of -inf, written as 32-bit words where the packet has them: filled one
+// 16-bit element at a time, the bf16 packets were held one register per element
+// (spills at the 64-register budget).
+template <typename T, int VEC>
+__device__ __forceinline__ void fill_neg_inf(Pack<T, VEC>& pk) {
+  if constexpr (sizeof(pk) % 4 == 0) {
+    const uint32_t word = sizeof(T) == 4 ? 0xff800000u : std::is_same_v<T, __half> ? 0xfc00fc00u : 0xff80ff80u;
+    auto* w = reinterpret_cast<uint32_t*>(&pk);
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(sizeof(pk) / 4); ++i) w[i] = word;
+  } else {
+    pk.v[0] = from_float<T>(-INFINITY);
+  }
+}
+
+// (m, l) of the values a block holds in registers (-inf past the end of the row),
+// merged over the block: the variant's rule, like slice_stats but without re-reading x.
+// tail: this thread's element of the row's last n % VEC elements (-inf if none).
+template <typename T, int VEC>
+__device__ __forceinline__ SoftmaxStats held_stats(const Pack<T, VEC> (&v)[kPackets<VEC>], float tail,
+                                                   SoftmaxVariant variant, SoftmaxStats* red) {
+  float f[VEC];
+  if (variant == SoftmaxVariant::kOnline) {  // (3)/(4) per packet, (4) across the block
+    SoftmaxStats s;
+#pragma unroll
+    for (int k = 0; k < kPackets<VEC>; ++k) {
+      unpack(v[k], f);
+      fold_online(s, f);
+    }
+    const float t[1] = {tail};
+    fold_online(s, t);
+    return group_merge<true>(s, red);
+  }
+  if (variant == SoftmaxVariant::kSafe) {  // (2): the chunk's max, then its sum, both from registers
+    float m = tail;
+#pragma unroll
+    for (int k = 0; k < kPackets<VEC>; ++k) {
+      unpack(v[k], f);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) m = fmaxf(m, f[e]);
+    }
+    m = group_merge<true>(SoftmaxStats{m, 0.0f}, red).max;
+    float l = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int k = 0; k < kPackets<VEC>; ++k) {
+        unpack(v[k], f);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) l += expf(f[e] - m);
+      }
+      l += expf(tail - m);
+    }
+    return group_merge<true>(SoftmaxStats{m, l}, red);
+  }
+  float l = expf(tail);  // (1): m pinned to 0
+#pragma unroll
+  for (int k = 0; k < kPackets<VEC>; ++k) {
+    unpack(v[k], f);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) l += expf(f[e]);
+  }
+  return group_merge<true>(SoftmaxStats{0.0f, l}, red);
+}
+
+// Step 3 (thread 0 only): publish this chunk's (m, l), then wait for the row's other chunks.
+__device__ __forceinline__ void publish_and_wait(const SinglePassScratch& ws, int64_t row, int64_t part,
+                                                 int64_t splits, SoftmaxStats s) {
+  ws.partial[row * splits + part] = s;
+  ::cuda::atomic_ref<unsigned, ::cuda::thread_scope_device> arrived(ws.arrived[row]);
+  arrived.fetch_add(1u, ::cuda::memory_order_release);  // the partial above is visible before the count
+  unsigned sleep_ns = 32;
+  while (arrived.load(::cuda::memory_order_acquire) < static_cast<unsigned>(splits)) {
+    __nanosleep(sleep_ns);
+    sleep_ns = min(2 * sleep_ns, 256u);
+  }
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kSinglePassMaxThreads, kSinglePassMinBlocks)
+    softmax_single_pass_kernel(RowArgs a, int64_t chunk, int64_t splits, SinglePassScratch ws) {
+  __shared__ SoftmaxStats red[kWarpSize + 1];
+  __shared__ int64_t item_shared;
+  const int tid = static_cast<int>(threadIdx.x), nthreads = static_cast<int>(blockDim.x);
+  const int64_t items = a.rows * splits;
+  for (;;) {
+    if (tid == 0) item_shared = static_cast<int64_t>(atomicAdd(ws.ticket, 1ull));
+    __syncthreads();  // item_shared is rewritten only after the barriers inside held_stats
+    const int64_t item = item_shared;
+    if (item >= items) return;
+    const int64_t row = item / splits, part = item % splits, c0 = part * chunk;
+    const int64_t n = min(chunk, a.cols - c0);  // elements of this chunk
+    const T* x = static_cast<const T*>(a.x) + row * a.x_stride + c0;
+    T* y = static_cast<T*>(a.y) + row * a.y_stride + c0;
+
+    // 1. Packet k of this thread holds elements (k * nthreads + tid) * VEC + [0, VEC) when
+    //    they are all in the row (-inf otherwise); the last n % VEC elements of the row
+    //    (the last chunk only) are one scalar each of threads 0 .. n % VEC - 1, as in the
+    //    warp-per-row kernel.
+    Pack<T, VEC> v[kPackets<VEC>];
+#pragma unroll
+    for (int k = 0; k < kPackets<VEC>; ++k) {
+      const int64_t e = (int64_t{k} * nthreads + tid) * VEC;
+      if (e + VEC <= n) {
+        v[k] = *reinterpret_cast<const Pack<T, VEC>*>(x + e);
+      } else {
+        fill_neg_inf(v[k]);
+      }
+    }
+    const int tail = static_cast<int>(n % VEC);
+    const int64_t tail0 = n - tail;
+    const float xt = tid < tail ? to_float(x[tail0 + tid]) : -INFINITY;
+
+    // 2. The chunk's (m, l).
+    SoftmaxStats s = held_stats<T, VEC>(v, xt, a.variant, red);
+
+    // 3. The row's (m, l): equation (4) over the partials of all its chunks.
+    if (splits > 1) {
+      if (tid == 0) publish_and_wait(ws, row, part, splits, s);
+      __syncthreads();  // thread 0's acquire orders the partial loads of every thread after the arrivals
+      SoftmaxStats t;
+      for (int64_t k = tid; k < splits; k += nthreads) {
+        // __ldcg: from L2, never a stale L1 line (partials of earlier rows share lines).
+        const float2 mp = __ldcg(reinterpret_cast<const float2*>(ws.partial + row * splits + k));
+        t = merge(t, SoftmaxStats{mp.x, mp.y});
+      }
+      s = group_merge<true>(t, red);
+    }
+
+    // 4. Normalize the chunk from registers. A row with nothing visible (m = -inf, l = 0) gets y = 0.
+    const float m = s.max == -INFINITY ? 0.0f : s.max;
+    const float inv_l = s.sum > 0.0f ? 1.0f / s.sum : 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPackets<VEC>; ++k) {
+      const int64_t e = (int64_t{k} * nthreads + tid) * VEC;
+      float f[VEC];
+      unpack(v[k], f);
+      Pack<T, VEC> out;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out.v[j] = from_float<T>(expf(f[j] - m) * inv_l);
+      if (e + VEC <= n) *reinterpret_cast<Pack<T, VEC>*>(y + e) = out;
+    }
+    if (tid < tail) y[tail0 + tid] = from_float<T>(expf(xt - m) * inv_l);
+    if (a.lse && part == 0 && tid == 0) a.lse[row] = log_sum_exp(s);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Two-pass split rows (the fallback for rows with more chunks than fit on the GPU
+// at once): aim for ~4 blocks per SM in total, chunks of >= 4096 elements (a
+// multiple of 8, so every chunk starts 16-byte aligned).
+// Measured (H100): processing rows in ~16 MB groups so kernel 2 re-reads x from
+// L2 was slower (64 x 2^20 fp32: 1124 vs 1507 GB/s; 2048 x 65536: 1047 vs 1848):
+// the extra launches and small chunks cost more than the HBM re-read.
 template <typename T, int VEC>
-Status launch(const RowArgs& a, cudaStream_t stream) {
+Status launch_two_pass(const RowArgs& a, cudaStream_t stream, int sms) {
+  const int64_t target_blocks = 4 * int64_t{sms};
+  int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, a.rows), 1, ceil_div(a.cols, 4096));
+  const int64_t chunk = ceil_div(ceil_div(a.cols, splits), 8) * 8;
+  splits = ceil_div(a.cols, chunk);
+  if (a.rows * splits > INT32_MAX) return Status::Unsupported("softmax: rows * splits exceeds the grid size");
+  const size_t ws_bytes = static_cast<size_t>(a.rows * splits) * sizeof(SoftmaxStats);
+  SoftmaxStats* partial = nullptr;
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), ws_bytes, stream));
+  const unsigned grid = static_cast<unsigned>(a.rows * splits);
+  softmax_split_stats_kernel<T, VEC><<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) {
+    softmax_split_normalize_kernel<T, VEC>
+        <<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
+    err = cudaGetLastError();
+  }
+  const cudaError_t free_err = cudaFreeAsync(partial, stream);
+  FA_CUDA_CHECK(err);
+  FA_CUDA_CHECK(free_err);
+  return Status::Ok();
+}
+
+// Single-pass split rows. Sets *fits = false (and launches nothing) when a row
+// needs more chunks than blocks can be co-resident, or the device cannot launch
+// cooperatively; the caller then takes the two-pass path.
+// Chunk = threads * kPackets * VEC elements (8192 at 256 threads on the vector path,
+// 2048 on the scalar path); the block shrinks to 128 / 64 threads while that leaves fewer than
+// 2 work items per SM, so a few long rows still spread over the whole GPU.
+// Scratch: one stream-ordered allocation per call, like the two-pass path (the
+// pool makes it cheap), with its ticket and arrival counters zeroed by one
+// cudaMemsetAsync of 8 + 4 * rows bytes on the same stream: a fresh allocation has
+// no known contents, and per-call scratch keeps concurrent calls on other streams
+// and captured graphs independent.
+template <typename T, int VEC>
+Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int sms, bool* fits) {
+  *fits = false;
+  int coop = 0;
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  if (!coop) return Status::Ok();
+  auto chunk_for = [](int threads) { return int64_t{threads} * kPackets<VEC> * VEC; };
+  int threads = kSinglePassMaxThreads;
+  while (threads > 64 && a.rows * ceil_div(a.cols, chunk_for(threads)) < 2 * int64_t{sms}) threads /= 2;
+  const int64_t chunk = chunk_for(threads), splits = ceil_div(a.cols, chunk), items = a.rows * splits;
+
+  auto kernel = softmax_single_pass_kernel<T, VEC>;
+  int per_sm = 0;
+  FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  const int64_t resident = int64_t{per_sm} * sms;
+  if (splits > resident) return Status::Ok();  // a row would wait for chunks that cannot start
+  const int64_t grid = std::min(items, resident);
+
+  const size_t counter_bytes = sizeof(unsigned long long) + ceil_div(a.rows * sizeof(unsigned), 8) * 8;
+  const size_t ws_bytes = counter_bytes + static_cast<size_t>(items) * sizeof(SoftmaxStats);
+  char* base = nullptr;
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&base), ws_bytes, stream));
+  const SinglePassScratch ws{reinterpret_cast<unsigned long long*>(base),
+                             reinterpret_cast<unsigned*>(base + sizeof(unsigned long long)),
+                             reinterpret_cast<SoftmaxStats*>(base + counter_bytes)};
+  cudaError_t err = cudaMemsetAsync(base, 0, sizeof(unsigned long long) + a.rows * sizeof(unsigned), stream);
+  if (err == cudaSuccess) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(grid));
+    cfg.blockDim = dim3(static_cast<unsigned>(threads));
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    err = cudaLaunchKernelEx(&cfg, kernel, a, chunk, splits, ws);
+  }
+  const cudaError_t free_err = cudaFreeAsync(base, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {  // e.g. fewer SMs available under MPS: not an error
+    (void)cudaGetLastError();
+    FA_CUDA_CHECK(free_err);
+    return Status::Ok();
+  }
+  FA_CUDA_CHECK(err);
+  FA_CUDA_CHECK(free_err);
+  *fits = true;
+  return Status::Ok();
+}
+
+template <typename T, int VEC>
+Status launch(const RowArgs& a, cudaStream_t stream, LongRowPath path) {
   int device = 0, sms = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+
+  // Pinned paths (tests, the bench) take every row length.
+  if (path == LongRowPath::kTwoPass) return launch_two_pass<T, VEC>(a, stream, sms);
+  if (path == LongRowPath::kSinglePass) {
+    bool fits = false;
+    const Status st = launch_single_pass<T, VEC>(a, stream, device, sms, &fits);
+    if (st.ok() && !fits)
+      return Status::Unsupported("softmax: single-pass long-row path does not fit (a row has more chunks than "
+                                 "blocks can be co-resident, or no cooperative launch)");
+    return st;
+  }
 
   if (a.cols <= kWarpRowMaxCols) {
     const int64_t rows_per_block = kWarpRowsThreads / kWarpSize;
@@ -346,52 +634,31 @@ Status launch(const RowArgs& a, cudaStream_t stream) {
     return Status::Ok();
   }
 
-  // Split rows: aim for ~4 blocks per SM in total, chunks of >= 4096 elements
-  // (a multiple of 8, so every chunk starts 16-byte aligned).
-  // Measured (H100): processing rows in ~16 MB groups so kernel 2 re-reads x from
-  // L2 was slower (64 x 2^20 fp32: 1124 vs 1507 GB/s; 2048 x 65536: 1047 vs 1848):
-  // the extra launches and small chunks cost more than the HBM re-read.
-  const int64_t target_blocks = 4 * int64_t{sms};
-  int64_t splits = std::clamp<int64_t>(ceil_div(target_blocks, a.rows), 1, ceil_div(a.cols, 4096));
-  const int64_t chunk = ceil_div(ceil_div(a.cols, splits), 8) * 8;
-  splits = ceil_div(a.cols, chunk);
-  if (a.rows * splits > INT32_MAX) return Status::Unsupported("softmax: rows * splits exceeds the grid size");
-  const size_t ws_bytes = static_cast<size_t>(a.rows * splits) * sizeof(SoftmaxStats);
-  SoftmaxStats* partial = nullptr;
-  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), ws_bytes, stream));
-  const unsigned grid = static_cast<unsigned>(a.rows * splits);
-  softmax_split_stats_kernel<T, VEC><<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
-  cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess) {
-    softmax_split_normalize_kernel<T, VEC>
-        <<<grid, kSplitThreads, 0, stream>>>(a, chunk, static_cast<int>(splits), partial);
-    err = cudaGetLastError();
-  }
-  const cudaError_t free_err = cudaFreeAsync(partial, stream);
-  FA_CUDA_CHECK(err);
-  FA_CUDA_CHECK(free_err);
-  return Status::Ok();
+  bool fits = false;
+  const Status st = launch_single_pass<T, VEC>(a, stream, device, sms, &fits);
+  if (!st.ok() || fits) return st;
+  return launch_two_pass<T, VEC>(a, stream, sms);
 }
 
 // 16-byte vectors when both pointers and both row strides keep every row aligned.
 template <typename T>
-Status launch_typed(const RowArgs& a, cudaStream_t stream) {
+Status launch_typed(const RowArgs& a, cudaStream_t stream, LongRowPath path) {
   constexpr int kVec = 16 / sizeof(T);
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   const bool vec = aligned(a.x) && aligned(a.y) &&
                    (a.rows == 1 || (a.x_stride % kVec == 0 && a.y_stride % kVec == 0));
-  return vec ? launch<T, kVec>(a, stream) : launch<T, 1>(a, stream);
+  return vec ? launch<T, kVec>(a, stream, path) : launch<T, 1>(a, stream, path);
 }
 
 }  // namespace
 
-Status launch_softmax_rows(const SoftmaxParams& p, float* lse, cudaStream_t stream) {
+Status launch_softmax_rows(const SoftmaxParams& p, float* lse, cudaStream_t stream, LongRowPath path) {
   RowArgs a{p.x, p.y, lse, p.rows, p.cols, p.rows > 1 ? p.x_row_stride : 0, p.rows > 1 ? p.y_row_stride : 0,
             p.variant};
   switch (p.dtype) {
-    case DType::kFloat32: return launch_typed<float>(a, stream);
-    case DType::kFloat16: return launch_typed<__half>(a, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(a, stream);
+    case DType::kFloat32: return launch_typed<float>(a, stream, path);
+    case DType::kFloat16: return launch_typed<__half>(a, stream, path);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(a, stream, path);
   }
   return Status::Internal("softmax: unknown dtype");
 }
