@@ -13,15 +13,25 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from . import _C, _ops
-from ._errors import CudaError, NotCompiledError, UnsupportedError
+# torch, if installed, is imported here so that the flashattn:: custom ops exist
+# before torch.compile traces a model (set FLASHATTN_NO_TORCH=1 to skip). And it is
+# imported BEFORE the extension: torch loads its own CUDA runtime and OpenMP
+# runtime by full path (nvidia/cu13/lib/libcudart.so.13, torch/lib/libgomp.so.1),
+# and the extension's libcudart.so.13 / libgomp.so.1 then resolve to those. The
+# other order puts two CUDA runtimes in the process (the toolkit's, found through
+# the extension's RUNPATH, and torch's), each with its own state and exit-time
+# teardown.
+_WANT_TORCH = os.environ.get("FLASHATTN_NO_TORCH", "") in ("", "0") and importlib.util.find_spec("torch") is not None
+if _WANT_TORCH:
+    importlib.import_module("torch")
+
+from . import _C, _ops  # noqa: E402
+from ._errors import CudaError, NotCompiledError, UnsupportedError  # noqa: E402
 
 __version__ = _C.version()
 
-# torch, if installed, is imported here so that the flashattn:: custom ops exist
-# before torch.compile traces a model (set FLASHATTN_NO_TORCH=1 to skip).
 _torch_api = None
-if os.environ.get("FLASHATTN_NO_TORCH", "") in ("", "0") and importlib.util.find_spec("torch") is not None:
+if _WANT_TORCH:
     from . import _torch as _torch_api  # noqa: E402
 
     _Tensor = _torch_api.torch.Tensor

@@ -2,6 +2,7 @@ import atexit
 import faulthandler
 import importlib.util
 import os
+import re
 import signal
 import sys
 import threading
@@ -70,6 +71,16 @@ def _children():
     return kids
 
 
+def _runtimes():
+    """The CUDA and OpenMP runtime libraries mapped in this process (two of one kind = two copies)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if re.search(r"/lib(cudart|gomp|iomp5|omp)[^/]*\.so", p))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     # What may keep the interpreter from exiting: threads it must join (non-daemon),
@@ -84,6 +95,7 @@ def pytest_unconfigure(config):
     live = [f"{t.name}{'' if t.daemon else ' (NON-daemon: joined at exit)'}" for t in threading.enumerate()
             if t is not threading.main_thread()]
     _exit_trace(f"pytest done; Python threads alive: {live or 'none'}; child processes: {_children() or 'none'}")
+    _exit_trace(f"runtimes mapped in this process: {_runtimes() or 'none'}")
     pools = getattr(sys.modules.get("torch._inductor.async_compile"), "_pool_set", None)
     if pools:
         _exit_trace(f"torch inductor compile-worker pools alive: {len(pools)} (shut down by an atexit handler "
