@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cuda/atomic>
 #include <type_traits>
@@ -322,8 +323,8 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_normalize_kernel(
 // ---------------------------------------------------------------------------
 // Long rows, single pass: one cooperative launch of persistent blocks.
 //
-// Work item t (taken in ticket order: atomicAdd on scratch.ticket) is chunk
-// t % splits of row t / splits. The block
+// Work item t is chunk t % splits of row t / splits. Block b first takes item b,
+// then items grid + (atomicAdd on scratch.ticket), in ticket order. The block
 //   1. loads the chunk into registers (kPackets 16-byte packets per thread, 32 values),
 //   2. computes the chunk's (m, l) with the variant's rule ((1), (2) or (3)/(4)),
 //   3. publishes it to scratch.partial and counts itself in scratch.arrived[row]
@@ -331,13 +332,16 @@ __global__ void __launch_bounds__(kSplitThreads) softmax_split_normalize_kernel(
 //   4. merges the row's partials with equation (4) and writes its chunk
 //      y = exp(x - m) / l from the registers it still holds.
 // Deadlock freedom: the launch is cooperative, so every block of the grid is
-// resident at once, and the host checks splits <= grid. Tickets hand out the
-// chunks of row r only after all chunks of earlier rows, so the blocks waiting in
-// step 3 are at most splits - 1 blocks of the lowest unfinished row (plus blocks of
-// earlier rows that are about to finish): some block is always free to take the
-// row's next ticket. Nothing depends on blockIdx order or on the hardware scheduler.
+// resident at once, and the host checks splits <= grid. Items are handed out in
+// increasing order (the first grid of them at once), so the chunks of row r are
+// handed out only after all chunks of earlier rows: a row whose chunks are all
+// handed out finishes (its blocks only wait for each other), and while the lowest
+// unfinished row still has chunks to hand out, at most splits - 1 blocks wait on it
+// and nobody holds a later row, so some block is free to take its next ticket.
+// Nothing depends on the order in which the hardware starts blocks.
 // ---------------------------------------------------------------------------
 constexpr int kSinglePassMaxThreads = 256;
+constexpr int kMaxCachedDevices = 64;  // host-side occupancy cache (more devices: query every call)
 constexpr int kSinglePassMinBlocks = 4;  // per SM at 256 threads: <= 64 registers per thread
 // Packets (16 B, or one element on the scalar path) held per thread: 32 values on the
 // vector path (fp32: 8 packets, fp16/bf16: 4), 8 on the scalar path. With 64 fp16/bf16
@@ -346,7 +350,7 @@ template <int VEC>
 constexpr int kPackets = VEC == 1 ? 8 : 32 / VEC;
 
 struct SinglePassScratch {
-  unsigned long long* ticket;  // next work item; zeroed before the launch
+  unsigned long long* ticket;  // work items handed out after the first grid; zeroed before the launch
   unsigned* arrived;           // [rows] chunks of the row that published their (m, l); zeroed
   SoftmaxStats* partial;       // [rows, splits] (m, l) of each chunk
 };
@@ -435,8 +439,11 @@ __global__ void __launch_bounds__(kSinglePassMaxThreads, kSinglePassMinBlocks)
   __shared__ int64_t item_shared;
   const int tid = static_cast<int>(threadIdx.x), nthreads = static_cast<int>(blockDim.x);
   const int64_t items = a.rows * splits;
-  for (;;) {
-    if (tid == 0) item_shared = static_cast<int64_t>(atomicAdd(ws.ticket, 1ull));
+  for (bool first = true;; first = false) {
+    // First item: blockIdx.x (all blocks are resident, so items [0, grid) are all taken
+    // at once, without waiting on the ticket's atomic); then one ticket each.
+    if (tid == 0)
+      item_shared = first ? int64_t{blockIdx.x} : int64_t{gridDim.x} + static_cast<int64_t>(atomicAdd(ws.ticket, 1ull));
     __syncthreads();  // item_shared is rewritten only after the barriers inside held_stats
     const int64_t item = item_shared;
     if (item >= items) return;
@@ -555,8 +562,15 @@ Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int
   const int64_t chunk = chunk_for(threads), splits = ceil_div(a.cols, chunk), items = a.rows * splits;
 
   auto kernel = softmax_single_pass_kernel<T, VEC>;
-  int per_sm = 0;
-  FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  // Blocks per SM at `threads`, cached per device (index = log2(threads / 64)): the
+  // occupancy query costs host time comparable to the kernel on the smaller inputs.
+  static std::atomic<int> per_sm_cache[kMaxCachedDevices][3];  // value + 1; 0 = not asked yet
+  const int slot = threads == 64 ? 0 : threads == 128 ? 1 : 2;
+  int per_sm = device < kMaxCachedDevices ? per_sm_cache[device][slot].load(std::memory_order_relaxed) - 1 : -1;
+  if (per_sm < 0) {
+    FA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+    if (device < kMaxCachedDevices) per_sm_cache[device][slot].store(per_sm + 1, std::memory_order_relaxed);
+  }
   const int64_t resident = int64_t{per_sm} * sms;
   if (splits > resident) return Status::Ok();  // a row would wait for chunks that cannot start
   const int64_t grid = std::min(items, resident);
