@@ -82,10 +82,12 @@ if stage python && [ -d "$BUILD/python/flashattn" ]; then
   note "pytest rc=$rc ($(elapsed $t0)): $(grep -E '[0-9]+ (passed|failed)|no tests ran' "$OUT/pytest.log" | tail -1)"
   grep -E "^FAILED|^ERROR|Fatal|Segmentation|hang_guard.*(HUNG|exited)|flashattn tests: exit" "$OUT/pytest.log" | head -20
   BENCHBIN=""; [ -x "$BUILD/bench/flashattn-bench" ] && BENCHBIN="--bench $BUILD/bench/flashattn-bench"
-  (cd /tmp && $GUARD --timeout 240 -- python3 -X faulthandler "$OLDPWD/python/bench/overhead.py" --n 4096 --d 128 \
+  (cd /tmp && $GUARD --timeout 240 --summary '^(=> end-to-end|no CUDA GPU)' --after-summary 20 -- \
+     python3 -X faulthandler "$OLDPWD/python/bench/overhead.py" --n 4096 --d 128 \
      $BENCHBIN >"$OUT/py_overhead.txt" 2>&1)
   note "python overhead rc=$?: $(grep -E '=> ' "$OUT/py_overhead.txt" | tr '\n' ' ')"
-  (cd /tmp && $GUARD --timeout 90 -- python3 -X faulthandler "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1)
+  (cd /tmp && $GUARD --timeout 90 --summary ': loss .* -> ' --after-summary 20 -- \
+     python3 -X faulthandler "$OLDPWD/python/examples/train_tiny.py" >"$OUT/train_tiny.txt" 2>&1)
   note "train_tiny rc=$?: $(grep -v hang_guard "$OUT/train_tiny.txt" | tail -1)"
 fi
 

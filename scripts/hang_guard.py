@@ -7,10 +7,11 @@ The command runs in its own process group with stdout+stderr merged and copied
 line by line to our stdout. It is declared hung when
   * it is still alive --after-summary seconds after printing pytest's closing
     line ("N passed, M skipped in 1.2s", "no tests ran"): a hang at exit, or
+    (--summary REGEX names another closing line), or
   * it runs past --timeout seconds.
 Then, before killing it, we print
-  1. the Python stack of every thread (SIGUSR1: python/tests/conftest.py
-     registers faulthandler for it; harmless for a process that did not),
+  1. the Python stack of every thread (SIGUSR1, sent only when the process
+     catches it: python/tests/conftest.py registers faulthandler for it),
   2. every thread's name, state and kernel wait channel (/proc/PID/task/*),
      and the kernel stack where readable,
   3. native stacks of all threads: gdb -batch -p PID -ex 'thread apply all bt'
@@ -98,15 +99,26 @@ def native_stacks(pid: int, timeout: int) -> None:
     sys.stdout.flush()
 
 
+def catches(pid: int, sig: int) -> bool:
+    """Does the process have a handler for sig (SigCgt in /proc/PID/status)?"""
+    for line in read(f"/proc/{pid}/status", "").splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
 def diagnose(proc: subprocess.Popen, why: str, gdb_timeout: int) -> None:
     pid = proc.pid
     say(f"HUNG: {why}. Diagnostics of pid {pid} follow, then it is killed.")
-    say("Python stacks (SIGUSR1 -> faulthandler, all threads):")
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        return
-    time.sleep(3)
+    if catches(pid, signal.SIGUSR1):
+        say("Python stacks (SIGUSR1 -> faulthandler, all threads):")
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
+    else:
+        say("no SIGUSR1 handler in it (faulthandler.register): no Python stacks, native ones follow")
     threads_report(pid)
     todo, seen = children(pid), set()
     while todo:
@@ -139,12 +151,15 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds for the whole command")
     ap.add_argument("--after-summary", type=float, default=30,
                     help="seconds the command may live on after printing its closing summary line")
-    ap.add_argument("--gdb-timeout", type=int, default=90)
+    ap.add_argument("--summary", default=None,
+                    help="regex of the command's closing line (default: pytest's summary line)")
+    ap.add_argument("--gdb-timeout", type=int, default=60)
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("no command given")
+    summary_re = re.compile(a.summary) if a.summary else SUMMARY
     t0 = time.monotonic()
     env = dict(os.environ, FLASHATTN_EXIT_TRACE="1", PYTHONUNBUFFERED="1")  # see python/tests/conftest.py
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -155,7 +170,7 @@ def main() -> int:
             line = raw.decode(errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
-            if summary_at[0] is None and SUMMARY.search(line):
+            if summary_at[0] is None and summary_re.search(line):
                 summary_at[0] = time.monotonic()
 
     reader = threading.Thread(target=pump, daemon=True)

@@ -30,9 +30,11 @@
                                      [--kernels fa2,hopper,auto] [--bench build/bench/flashattn-bench]
 """
 import argparse
+import faulthandler
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -230,6 +232,8 @@ def e2e(torch, n, d, causals, kernels, rounds, bench_path):
 
 
 def main():
+    if hasattr(faulthandler, "register"):  # scripts/hang_guard.py asks for Python stacks with SIGUSR1
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--d", default="128", help="head dims, comma-separated (the binary sweeps 64,128,256)")
