@@ -17,6 +17,7 @@ struct Options {
   bool quick = false;   // --quick: a seconds-long smoke sweep
   bool bwd = false;     // --bwd: backward sweep
   bool decode = false;  // --decode: Nq = 1 KV-cache sweep (GPU)
+  bool softmax = false;  // --softmax: only the row-softmax sweep (GPU)
   bool torch = true;    // --no-torch: skip bench/torch_sdpa.py
   // Shape overrides; 0 / -1 = the sweep's default.
   int64_t b = 0, h = 0, hkv = 0, n = 0, nk = 0, d = 0;

@@ -617,7 +617,9 @@ int run_gpu(const Options& o) {
     return 1;
   }
 
-  if (o.decode) {
+  if (o.softmax) {
+    build_softmax_sweep(s);
+  } else if (o.decode) {
     build_decode_sweep(s);
   } else {
     build_attention_sweep(s, o.bwd);

@@ -20,13 +20,14 @@ namespace {
 
 void usage() {
   std::printf(
-      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--quick] [--no-torch]\n"
+      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
       "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T] [--splits S (decode num_splits)]\n"
       "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
       "default: CPU mode (fwd fp32 B=1 H=8 N=2048 D=64/128, causal and not; a bwd row; softmax GB/s).\n"
       "--gpu: forward of every CUDA rung for 16k tokens per batch, hidden 2048 (B = 16384/N, H = 2048/D),\n"
-      "       N in 512..16k, D in 64/128/256, vs torch SDPA flash and cudnn; --bwd backward; --decode Nq=1.\n"
+      "       N in 512..16k, D in 64/128/256, vs torch SDPA flash and cudnn; --bwd backward; --decode Nq=1;\n"
+      "       --softmax only the row-softmax sweep (GB/s vs a device copy and torch.softmax).\n"
       "FLOPs: fwd 4*B*H*Nq*Nk*D (/2 causal), bwd 2.5x fwd. Times: median, after warm-up.\n");
 }
 
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     else if (a == "--quick") o.quick = true;
     else if (a == "--bwd") o.bwd = true;
     else if (a == "--decode") o.decode = true;
+    else if (a == "--softmax") o.softmax = true;
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--b") o.b = integer("--b");
     else if (a == "--h") o.h = integer("--h");
