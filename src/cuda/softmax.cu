@@ -25,7 +25,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cuda/atomic>
+#include <mutex>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
@@ -349,10 +352,14 @@ constexpr int kSinglePassMinBlocks = 4;  // per SM at 256 threads: <= 64 registe
 template <int VEC>
 constexpr int kPackets = VEC == 1 ? 8 : 32 / VEC;
 
+// The counters are 0 when a launch starts and 0 again when it ends (each launch
+// resets what it used), so one zeroed buffer serves every launch of a stream.
 struct SinglePassScratch {
-  unsigned long long* ticket;  // work items handed out after the first grid; zeroed before the launch
-  unsigned* arrived;           // [rows] chunks of the row that published their (m, l); zeroed
-  SoftmaxStats* partial;       // [rows, splits] (m, l) of each chunk
+  unsigned long long* ticket;  // work items handed out after the first grid
+  unsigned* exited;            // blocks that found no more work; the last one resets ticket and exited
+  unsigned* arrived;           // [rows] chunks of the row that published their (m, l)
+  unsigned* departed;          // [rows] chunks of the row past the wait; the last one resets both
+  SoftmaxStats* partial;       // [rows, splits] (m, l) of each chunk (no reset needed)
 };
 
 // Packet of -inf, written as 32-bit words where the packet has them: filled one
@@ -430,6 +437,21 @@ __device__ __forceinline__ void publish_and_wait(const SinglePassScratch& ws, in
     __nanosleep(sleep_ns);
     sleep_ns = min(2 * sleep_ns, 256u);
   }
+  // The last chunk past the wait resets the row's counters for the next launch: every
+  // other chunk of the row has already seen arrived == splits, nobody reads them again.
+  if (atomicAdd(&ws.departed[row], 1u) == static_cast<unsigned>(splits - 1)) {
+    ws.arrived[row] = 0;
+    ws.departed[row] = 0;
+  }
+}
+
+// Thread 0 of a block leaving the kernel: the last block resets the ticket (every
+// block has taken its last ticket before it counts itself here).
+__device__ __forceinline__ void exit_block(const SinglePassScratch& ws) {
+  if (atomicAdd(ws.exited, 1u) == gridDim.x - 1) {
+    *ws.ticket = 0;
+    *ws.exited = 0;
+  }
 }
 
 template <typename T, int VEC>
@@ -446,7 +468,10 @@ __global__ void __launch_bounds__(kSinglePassMaxThreads, kSinglePassMinBlocks)
       item_shared = first ? int64_t{blockIdx.x} : int64_t{gridDim.x} + static_cast<int64_t>(atomicAdd(ws.ticket, 1ull));
     __syncthreads();  // item_shared is rewritten only after the barriers inside held_stats
     const int64_t item = item_shared;
-    if (item >= items) return;
+    if (item >= items) {
+      if (tid == 0) exit_block(ws);
+      return;
+    }
     const int64_t row = item / splits, part = item % splits, c0 = part * chunk;
     const int64_t n = min(chunk, a.cols - c0);  // elements of this chunk
     const T* x = static_cast<const T*>(a.x) + row * a.x_stride + c0;
@@ -539,17 +564,101 @@ Status launch_two_pass(const RowArgs& a, cudaStream_t stream, int sms) {
   return Status::Ok();
 }
 
+// Scratch of the single-pass kernel: [ticket | exited | pad | arrived[row_cap] |
+// departed[row_cap] | pad | partial[partial_cap]].
+size_t single_pass_counter_bytes(int64_t row_cap) {
+  return 16 + static_cast<size_t>(ceil_div(2 * row_cap * int64_t{sizeof(unsigned)}, 8) * 8);
+}
+SinglePassScratch carve_single_pass(char* base, int64_t row_cap) {
+  SinglePassScratch ws;
+  ws.ticket = reinterpret_cast<unsigned long long*>(base);
+  ws.exited = reinterpret_cast<unsigned*>(base + 8);
+  ws.arrived = reinterpret_cast<unsigned*>(base + 16);
+  ws.departed = ws.arrived + row_cap;
+  ws.partial = reinterpret_cast<SoftmaxStats*>(base + single_pass_counter_bytes(row_cap));
+  return ws;
+}
+
+// Scratch for one single-pass launch on `stream`. The kernel leaves every counter
+// at 0, so one zeroed buffer per (device, stream) -- per host thread too for
+// cudaStreamPerThread, which names a different stream in each thread -- serves all
+// calls on that stream (launches on one stream run one after the other): no memset
+// and no allocation per call. A buffer that is too small is replaced by a larger
+// one (cudaMalloc + one cudaMemsetAsync on the stream); the old one is kept, not
+// freed (launches still queued may use it; cudaFree would synchronize). Same
+// pattern and caveats as the split-KV decode counters (src/cuda/decode/decode.cu):
+// a new stream that gets a destroyed stream's handle while the old stream's work
+// still runs would share the buffer (not guarded).
+// While the stream is being captured into a CUDA graph the call instead gets its
+// own stream-ordered allocation (*owned, freed by the caller after the launch)
+// with its counters zeroed by a cudaMemsetAsync, so graph replays never share
+// counters with each other or with direct calls.
+Status single_pass_scratch(cudaStream_t stream, int device, int64_t rows, int64_t items, SinglePassScratch* ws,
+                           char** owned) {
+  *owned = nullptr;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+    (void)cudaGetLastError();
+    capture = cudaStreamCaptureStatusActive;  // unsure: take the per-call scratch
+  }
+  if (capture != cudaStreamCaptureStatusNone) {
+    const size_t counters = single_pass_counter_bytes(rows);
+    FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(owned), counters + items * sizeof(SoftmaxStats), stream));
+    const cudaError_t err = cudaMemsetAsync(*owned, 0, counters, stream);
+    if (err != cudaSuccess) {
+      (void)cudaFreeAsync(*owned, stream);
+      *owned = nullptr;
+      return cuda_status(err, "zeroing the softmax scratch counters");
+    }
+    *ws = carve_single_pass(*owned, rows);
+    return Status::Ok();
+  }
+
+  struct Entry {
+    int device;
+    cudaStream_t stream;
+    std::thread::id thread;
+    char* base;
+    int64_t row_cap, partial_cap;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> entries;
+  static std::vector<char*> retired;
+  const std::thread::id thread = stream == cudaStreamPerThread ? std::this_thread::get_id() : std::thread::id();
+  std::lock_guard<std::mutex> lock(mu);
+  Entry* e = nullptr;
+  for (Entry& x : entries)
+    if (x.device == device && x.stream == stream && x.thread == thread) e = &x;
+  if (e && e->row_cap >= rows && e->partial_cap >= items) {
+    *ws = carve_single_pass(e->base, e->row_cap);
+    return Status::Ok();
+  }
+  const int64_t row_cap = std::max<int64_t>({rows, e ? 2 * e->row_cap : 0, 1024});
+  const int64_t partial_cap = std::max<int64_t>({items, e ? 2 * e->partial_cap : 0, 16384});
+  const size_t counters = single_pass_counter_bytes(row_cap);
+  char* base = nullptr;
+  FA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&base), counters + partial_cap * sizeof(SoftmaxStats)));
+  const cudaError_t err = cudaMemsetAsync(base, 0, counters, stream);  // before any launch that uses it
+  if (err != cudaSuccess) {
+    cudaFree(base);
+    return cuda_status(err, "zeroing the softmax scratch counters");
+  }
+  if (e) {
+    retired.push_back(e->base);
+    *e = Entry{device, stream, thread, base, row_cap, partial_cap};
+  } else {
+    entries.push_back(Entry{device, stream, thread, base, row_cap, partial_cap});
+  }
+  *ws = carve_single_pass(base, row_cap);
+  return Status::Ok();
+}
+
 // Single-pass split rows. Sets *fits = false (and launches nothing) when a row
 // needs more chunks than blocks can be co-resident, or the device cannot launch
 // cooperatively; the caller then takes the two-pass path.
 // Chunk = threads * kPackets * VEC elements (8192 at 256 threads on the vector path,
-// 2048 on the scalar path); the block shrinks to 128 / 64 threads while that leaves fewer than
-// 2 work items per SM, so a few long rows still spread over the whole GPU.
-// Scratch: one stream-ordered allocation per call, like the two-pass path (the
-// pool makes it cheap), with its ticket and arrival counters zeroed by one
-// cudaMemsetAsync of 8 + 4 * rows bytes on the same stream: a fresh allocation has
-// no known contents, and per-call scratch keeps concurrent calls on other streams
-// and captured graphs independent.
+// 2048 on the scalar path); the block shrinks to 128 / 64 threads while that leaves
+// fewer than 2 work items per SM, so a few long rows still spread over the whole GPU.
 template <typename T, int VEC>
 Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int sms, bool* fits) {
   *fits = false;
@@ -575,28 +684,22 @@ Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int
   if (splits > resident) return Status::Ok();  // a row would wait for chunks that cannot start
   const int64_t grid = std::min(items, resident);
 
-  const size_t counter_bytes = sizeof(unsigned long long) + ceil_div(a.rows * sizeof(unsigned), 8) * 8;
-  const size_t ws_bytes = counter_bytes + static_cast<size_t>(items) * sizeof(SoftmaxStats);
-  char* base = nullptr;
-  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&base), ws_bytes, stream));
-  const SinglePassScratch ws{reinterpret_cast<unsigned long long*>(base),
-                             reinterpret_cast<unsigned*>(base + sizeof(unsigned long long)),
-                             reinterpret_cast<SoftmaxStats*>(base + counter_bytes)};
-  cudaError_t err = cudaMemsetAsync(base, 0, sizeof(unsigned long long) + a.rows * sizeof(unsigned), stream);
-  if (err == cudaSuccess) {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(grid));
-    cfg.blockDim = dim3(static_cast<unsigned>(threads));
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    err = cudaLaunchKernelEx(&cfg, kernel, a, chunk, splits, ws);
-  }
-  const cudaError_t free_err = cudaFreeAsync(base, stream);
+  SinglePassScratch ws;
+  char* owned = nullptr;
+  const Status scratch = single_pass_scratch(stream, device, a.rows, items, &ws, &owned);
+  if (!scratch.ok()) return scratch;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a, chunk, splits, ws);
+  const cudaError_t free_err = owned ? cudaFreeAsync(owned, stream) : cudaSuccess;
   if (err == cudaErrorCooperativeLaunchTooLarge) {  // e.g. fewer SMs available under MPS: not an error
     (void)cudaGetLastError();
     FA_CUDA_CHECK(free_err);

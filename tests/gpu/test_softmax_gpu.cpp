@@ -256,8 +256,9 @@ TEST(SoftmaxGpu, TwoPassFallback) {
 }
 
 // Scratch reuse: many single-pass calls queued back to back on one stream and
-// interleaved on two streams (each call zeroes and frees its own scratch in
-// stream order), different shapes and dtypes, checked only after everything ran.
+// interleaved on two streams (one scratch buffer per stream, zeroed once; every
+// launch must leave its counters at 0 for the next), different shapes, row counts
+// (the buffer grows) and dtypes, checked only after everything ran.
 TEST(SoftmaxGpu, SinglePassRepeatedCallsAndStreams) {
   FLASHATTN_SKIP_WITHOUT_GPU();
   cudaStream_t streams[2] = {nullptr, nullptr};
@@ -272,6 +273,7 @@ TEST(SoftmaxGpu, SinglePassRepeatedCallsAndStreams) {
       {{4, 300000}, DType::kFloat32, 0},  {{2, 65537}, DType::kBFloat16, 1}, {{4, 300000}, DType::kFloat32, 0},
       {{8, 65537}, DType::kFloat16, 1},   {{1, (1 << 20) + 3}, DType::kBFloat16, 0},
       {{3, 70001, 5, 0}, DType::kFloat32, 1},  {{4, 300000}, DType::kFloat32, 1}, {{2, 65537}, DType::kBFloat16, 0},
+      {{1500, 9000}, DType::kFloat32, 0},       {{1, 65537}, DType::kFloat16, 0},  // > 1024 rows: a larger buffer
   };
   constexpr int kReps = 3;
   std::vector<std::unique_ptr<SoftmaxRun>> runs;  // every call has its own x / y / lse
@@ -291,6 +293,45 @@ TEST(SoftmaxGpu, SinglePassRepeatedCallsAndStreams) {
   for (auto& run : runs) run->check();
   cudaStreamDestroy(streams[0]);
   cudaStreamDestroy(streams[1]);
+}
+
+// Captured into a CUDA graph (the call then takes its own zeroed scratch), the
+// graph replayed twice with new inputs in between.
+TEST(SoftmaxGpu, SinglePassInCudaGraph) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  cudaStream_t stream = nullptr;
+  FA_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  SoftmaxRun run;
+  run.prepare({3, 300000}, DType::kBFloat16, SoftmaxVariant::kOnline, true);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  FA_TEST_CUDA(cudaDeviceSynchronize());
+  cudaGraph_t graph = nullptr;
+  FA_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const Status st = run.launch(LongRowPath::kSinglePass, stream);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  ASSERT_TRUE(st.ok()) << st.message;
+  FA_TEST_CUDA(end);
+  cudaGraphExec_t exec = nullptr;
+  FA_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    if (replay == 1) {  // new x, poisoned y / lse, same buffers
+      SoftmaxRun fresh;
+      fresh.prepare({3, 300000}, DType::kBFloat16, SoftmaxVariant::kOnline, true, 99);
+      ASSERT_FALSE(::testing::Test::HasFatalFailure());
+      run.x = fresh.x;
+      FA_TEST_CUDA(run.dx.upload(run.x.data(), run.x.bytes.size()));
+      run.y.fill(-7.0f);
+      FA_TEST_CUDA(run.dy.upload(run.y.data(), run.y.bytes.size()));
+      std::vector<float> poison(run.lse.size(), 12345.0f);
+      FA_TEST_CUDA(run.dlse.upload(poison.data(), poison.size() * sizeof(float)));
+    }
+    FA_TEST_CUDA(cudaGraphLaunch(exec, stream));
+    FA_TEST_CUDA(cudaStreamSynchronize(stream));
+    run.check();
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 // Small cases of both split-row paths for compute-sanitizer (scripts/gpu_check.sh
