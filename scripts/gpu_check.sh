@@ -101,10 +101,13 @@ if stage bench; then
   t0=$(date +%s)
   timeout 120 "$BUILD/bench/flashattn-bench" --gpu --decode --max-seconds 80 >"$OUT/bench_decode.txt" 2>"$OUT/bench_decode.err"
   note "bench --gpu --decode rc=$? ($(elapsed $t0))"
+  t0=$(date +%s)
+  timeout 120 "$BUILD/bench/flashattn-bench" --gpu --softmax --max-seconds 90 >"$OUT/bench_softmax.txt" 2>"$OUT/bench_softmax.err"
+  note "bench --gpu --softmax rc=$? ($(elapsed $t0))"
 fi
 
 echo
-for f in bench_fwd bench_bwd bench_decode; do
+for f in bench_fwd bench_bwd bench_decode bench_softmax; do
   [ -s "$OUT/$f.txt" ] && { echo "--- $f (summary)"; tail -25 "$OUT/$f.txt"; }
 done
 echo "######## $CARD ########"
