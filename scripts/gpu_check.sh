@@ -64,8 +64,12 @@ fi
 if stage sanitize; then
   for tool in memcheck racecheck synccheck; do
     t0=$(date +%s)
+    filter='Sanitize*:Ring/RingGpu.*w2*'
+    # racecheck cannot track the cooperative launch of the single-pass split-row
+    # softmax (its blocks wait on each other), and hangs there: memcheck/synccheck only.
+    [ $tool = racecheck ] && filter="$filter:-SanitizeSoftmax.*"
     timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/flashattn_gpu_tests" \
-      --gtest_filter='Sanitize*:Ring/RingGpu.*w2*' --gtest_brief=1 >"$OUT/sanitize_$tool.log" 2>&1
+      --gtest_filter="$filter" --gtest_brief=1 >"$OUT/sanitize_$tool.log" 2>&1
     note "compute-sanitizer $tool rc=$? ($(elapsed $t0)): $(grep -m1 -oE 'ERROR SUMMARY: [0-9]+ error' "$OUT/sanitize_$tool.log" || echo 'no summary')"
   done
 fi
