@@ -660,7 +660,8 @@ Status single_pass_scratch(cudaStream_t stream, int device, int64_t rows, int64_
 // 2048 on the scalar path); the block shrinks to 128 / 64 threads while that leaves
 // fewer than 2 work items per SM, so a few long rows still spread over the whole GPU.
 template <typename T, int VEC>
-Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int sms, bool* fits) {
+Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int sms, bool* fits,
+                          bool auto_path = false) {
   *fits = false;
   int coop = 0;
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -682,6 +683,11 @@ Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int
   }
   const int64_t resident = int64_t{per_sm} * sms;
   if (splits > resident) return Status::Ok();  // a row would wait for chunks that cannot start
+  // Measured on the H100 (docs/01-online-softmax.md): with 16-bit elements a block
+  // holds only 16 KB of its chunk in flight, and over many waves (1024 x 128k bf16:
+  // 16k chunks on 528 resident blocks) the two-pass path streams better (1744 vs
+  // 1584 GB/s); within ~2 waves, and always in fp32, the single pass wins.
+  if (auto_path && sizeof(T) == 2 && items > 2 * resident) return Status::Ok();
   const int64_t grid = std::min(items, resident);
 
   SinglePassScratch ws;
@@ -752,7 +758,7 @@ Status launch(const RowArgs& a, cudaStream_t stream, LongRowPath path) {
   }
 
   bool fits = false;
-  const Status st = launch_single_pass<T, VEC>(a, stream, device, sms, &fits);
+  const Status st = launch_single_pass<T, VEC>(a, stream, device, sms, &fits, /*auto_path=*/true);
   if (!st.ok() || fits) return st;
   return launch_two_pass<T, VEC>(a, stream, sms);
 }
