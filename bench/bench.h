@@ -18,6 +18,7 @@ struct Options {
   bool bwd = false;     // --bwd: backward sweep
   bool decode = false;  // --decode: Nq = 1 KV-cache sweep (GPU)
   bool softmax = false;  // --softmax: only the row-softmax sweep (GPU)
+  bool varlen = false;   // --varlen: packed ragged batch (cu_seqlens) vs the dense batch of equal tokens (GPU)
   bool torch = true;    // --no-torch: skip bench/torch_sdpa.py
   // Shape overrides; 0 / -1 = the sweep's default.
   int64_t b = 0, h = 0, hkv = 0, n = 0, nk = 0, d = 0;
@@ -38,7 +39,7 @@ enum class Metric { kFlops, kBandwidth };
 struct Row {
   int group = 0;         // rows of one problem share it
   int ratio_group = -1;  // group whose baseline row gives the ratio (-1 = own group)
-  std::string section;   // fwd / bwd / decode / softmax
+  std::string section;   // fwd / bwd / decode / softmax / varlen
   std::string name;      // rung, CPU kernel or torch backend
   std::string dtype;
   int64_t b = 0, hq = 0, hkv = 0, nq = 0, nk = 0, d = 0;

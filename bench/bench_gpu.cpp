@@ -8,6 +8,7 @@
 //   --gpu            forward of naive (where S fits), fa1 (N <= 2k), fa2, hopper, auto; row softmax GB/s
 //   --gpu --bwd      backward of fa2 and auto
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
+//   --gpu --varlen   a packed ragged batch (cu_seqlens) vs the dense batch of the same 16k tokens: TFLOPS
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -410,6 +411,54 @@ void build_decode_sweep(Sweep& s) {
   }
 }
 
+// Ragged lengths of the --varlen sweep: b sequences, mean `mean`, spread +-50 %,
+// deterministic, summing to exactly b * mean.
+std::vector<int64_t> varlen_lengths(int64_t b, int64_t mean) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int64_t> dist(mean / 2, mean + mean / 2);
+  std::vector<int64_t> len(static_cast<size_t>(b));
+  int64_t total = 0;
+  for (auto& l : len) total += (l = dist(rng));
+  len.back() += b * mean - total;  // the last one absorbs the difference
+  if (len.back() < 1) len.back() = 1;
+  return len;
+}
+
+// Varlen prefill (issue 8): 16 sequences of ragged lengths packed by cu_seqlens
+// (16k tokens, hidden 2048) next to the dense batch of 16 x 1024 tokens. Work of
+// the ragged batch = sum of each sequence's own FLOPs, so TFLOPS compare.
+void build_varlen_sweep(Sweep& s) {
+  const int64_t b = 16, mean = 1024;
+  const auto len = varlen_lengths(b, mean);
+  const auto ds = pick(s.o.d, {64, 128}, {128}, s.o.quick);
+  for (int64_t d : ds)
+    for (bool c : {false, true}) {
+      for (bool ragged : {false, true}) {
+        Row base;
+        base.group = s.group++;
+        base.section = "varlen";
+        base.dtype = s.dts;
+        base.b = b;
+        base.hq = base.hkv = 2048 / d;
+        base.nq = base.nk = ragged ? *std::max_element(len.begin(), len.end()) : mean;
+        base.d = d;
+        base.causal = c;
+        base.note = ragged ? "varlen" : "dense";
+        base.work = 0.0;
+        for (int64_t l : len) base.work += attention_flops(1, base.hq, ragged ? l : mean, ragged ? l : mean, d, c, false);
+        for (Kernel k : {Kernel::kFA2, Kernel::kAuto}) {
+          Row r = base;
+          r.name = kernel_name(k);
+          s.rows.push_back(r);
+        }
+        if (!ragged) {
+          s.add_torch(base, "flash", false);
+          s.add_torch(base, "cudnn", false);
+        }
+      }
+    }
+}
+
 void build_softmax_sweep(Sweep& s) {
   struct Shape {
     int64_t rows, cols;
@@ -504,8 +553,12 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   const int64_t page = decode && g.note.rfind("paged", 0) == 0 ? std::stoll(g.note.substr(6)) : 0;
   const int64_t pages_per_seq = page ? (g.nk + page - 1) / page : 0;
   const int64_t num_pages = page ? g.b * pages_per_seq : 0;
-  const int64_t nq_el = g.b * g.nq * g.hq * g.d;
-  const int64_t nk_el = page ? num_pages * page * g.hkv * g.d : g.b * g.nk * g.hkv * g.d;
+  // --varlen: q/k/v/o packed [total, heads, d] by cu_seqlens (nq / nk are the max lengths).
+  const bool ragged = g.section == "varlen" && g.note == "varlen";
+  const std::vector<int64_t> ragged_len = ragged ? varlen_lengths(g.b, 1024) : std::vector<int64_t>{};
+  const int64_t total = ragged ? std::accumulate(ragged_len.begin(), ragged_len.end(), int64_t{0}) : 0;
+  const int64_t nq_el = (ragged ? total : g.b * g.nq) * g.hq * g.d;
+  const int64_t nk_el = page ? num_pages * page * g.hkv * g.d : (ragged ? total : g.b * g.nk) * g.hkv * g.d;
   const double set_bytes = static_cast<double>(2 * nq_el + 2 * nk_el) * es;
   const int sets = input_sets(set_bytes);
 
@@ -541,6 +594,14 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
     BENCH_CUDA(cudaMemcpy(table.get(), tab.data(), tab.size() * 4, cudaMemcpyHostToDevice));
   }
 
+  DevBuf cu_seqlens;
+  if (ragged) {
+    std::vector<int32_t> cu(1, 0);
+    for (int64_t l : ragged_len) cu.push_back(cu.back() + static_cast<int32_t>(l));
+    cu_seqlens = DevBuf(cu.size() * 4);
+    BENCH_CUDA(cudaMemcpy(cu_seqlens.get(), cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+  }
+
   BwdParams p;
   p.batch = g.b, p.seqlen_q = g.nq, p.seqlen_k = g.nk, p.heads_q = g.hq, p.heads_kv = g.hkv, p.head_dim = g.d;
   p.dtype = dt;
@@ -548,6 +609,7 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   p.device = Device::kCUDA;
   set_contiguous_strides(p);
   if (cache) p.seqused_k = static_cast<const int32_t*>(seqused.get());
+  if (ragged) p.cu_seqlens_q = p.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens.get());
   if (decode) p.num_splits = s.o.splits;  // --splits: force the split count (sweeps of the heuristic)
   if (page) {
     p.k_batch_stride = p.v_batch_stride = page * g.hkv * g.d;  // one page
@@ -619,6 +681,8 @@ int run_gpu(const Options& o) {
 
   if (o.softmax) {
     build_softmax_sweep(s);
+  } else if (o.varlen) {
+    build_varlen_sweep(s);
   } else if (o.decode) {
     build_decode_sweep(s);
   } else {

@@ -20,7 +20,7 @@ namespace {
 
 void usage() {
   std::printf(
-      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--quick] [--no-torch]\n"
+      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--varlen] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
       "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T] [--splits S (decode num_splits)]\n"
       "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
@@ -28,6 +28,8 @@ void usage() {
       "--gpu: forward of every CUDA rung for 16k tokens per batch, hidden 2048 (B = 16384/N, H = 2048/D),\n"
       "       N in 512..16k, D in 64/128/256, vs torch SDPA flash and cudnn; --bwd backward; --decode Nq=1;\n"
       "       --softmax only the row-softmax sweep (GB/s vs a device copy and torch.softmax).\n"
+      "       --varlen  prefill of a packed ragged batch (cu_seqlens, 16 sequences, 16k tokens) vs the\n"
+      "                 dense batch of the same tokens (TFLOPS count each sequence's own work).\n"
       "FLOPs: fwd 4*B*H*Nq*Nk*D (/2 causal), bwd 2.5x fwd. Times: median, after warm-up.\n");
 }
 
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     else if (a == "--bwd") o.bwd = true;
     else if (a == "--decode") o.decode = true;
     else if (a == "--softmax") o.softmax = true;
+    else if (a == "--varlen") o.varlen = true;
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--b") o.b = integer("--b");
     else if (a == "--h") o.h = integer("--h");

@@ -108,10 +108,13 @@ if stage bench; then
   t0=$(date +%s)
   timeout 120 "$BUILD/bench/flashattn-bench" --gpu --softmax --max-seconds 90 >"$OUT/bench_softmax.txt" 2>"$OUT/bench_softmax.err"
   note "bench --gpu --softmax rc=$? ($(elapsed $t0))"
+  t0=$(date +%s)
+  timeout 90 "$BUILD/bench/flashattn-bench" --gpu --varlen --max-seconds 60 >"$OUT/bench_varlen.txt" 2>"$OUT/bench_varlen.err"
+  note "bench --gpu --varlen rc=$? ($(elapsed $t0))"
 fi
 
 echo
-for f in bench_fwd bench_bwd bench_decode bench_softmax; do
+for f in bench_fwd bench_bwd bench_decode bench_softmax bench_varlen; do
   [ -s "$OUT/$f.txt" ] && { echo "--- $f (summary)"; tail -25 "$OUT/$f.txt"; }
 done
 echo "######## $CARD ########"
