@@ -25,14 +25,12 @@
 #include <atomic>
 #include <cstdint>
 #include <cuda/atomic>
-#include <mutex>
-#include <thread>
 #include <type_traits>
-#include <vector>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/softmax_rows.cuh"
+#include "cuda/stream_scratch.h"
 #include "flashattn/online_softmax.h"
 
 namespace flashattn {
@@ -564,93 +562,19 @@ Status launch_two_pass(const RowArgs& a, cudaStream_t stream, int sms) {
   return Status::Ok();
 }
 
-// Scratch of the single-pass kernel: [ticket | exited | pad | arrived[row_cap] |
-// departed[row_cap] | pad | partial[partial_cap]].
-size_t single_pass_counter_bytes(int64_t row_cap) {
-  return 16 + static_cast<size_t>(ceil_div(2 * row_cap * int64_t{sizeof(unsigned)}, 8) * 8);
-}
-SinglePassScratch carve_single_pass(char* base, int64_t row_cap) {
+// Scratch of the single-pass kernel (stream_scratch.h): the zeroed counters
+// [ticket | exited | arrived[rows] | departed[rows]], which the kernel leaves at 0
+// (so one buffer per stream serves every call, no memset per call), and the
+// per-chunk partials [items], which need no reset.
+size_t single_pass_counter_bytes(int64_t rows) { return 16 + static_cast<size_t>(2 * rows) * sizeof(unsigned); }
+SinglePassScratch carve_single_pass(const StreamScratch& s, int64_t rows) {
   SinglePassScratch ws;
-  ws.ticket = reinterpret_cast<unsigned long long*>(base);
-  ws.exited = reinterpret_cast<unsigned*>(base + 8);
-  ws.arrived = reinterpret_cast<unsigned*>(base + 16);
-  ws.departed = ws.arrived + row_cap;
-  ws.partial = reinterpret_cast<SoftmaxStats*>(base + single_pass_counter_bytes(row_cap));
+  ws.ticket = reinterpret_cast<unsigned long long*>(s.base);
+  ws.exited = reinterpret_cast<unsigned*>(s.base + 8);
+  ws.arrived = reinterpret_cast<unsigned*>(s.base + 16);
+  ws.departed = ws.arrived + rows;
+  ws.partial = reinterpret_cast<SoftmaxStats*>(s.extra);
   return ws;
-}
-
-// Scratch for one single-pass launch on `stream`. The kernel leaves every counter
-// at 0, so one zeroed buffer per (device, stream) -- per host thread too for
-// cudaStreamPerThread, which names a different stream in each thread -- serves all
-// calls on that stream (launches on one stream run one after the other): no memset
-// and no allocation per call. A buffer that is too small is replaced by a larger
-// one (cudaMalloc + one cudaMemsetAsync on the stream); the old one is kept, not
-// freed (launches still queued may use it; cudaFree would synchronize). Same
-// pattern and caveats as the split-KV decode counters (src/cuda/decode/decode.cu):
-// a new stream that gets a destroyed stream's handle while the old stream's work
-// still runs would share the buffer (not guarded).
-// While the stream is being captured into a CUDA graph the call instead gets its
-// own stream-ordered allocation (*owned, freed by the caller after the launch)
-// with its counters zeroed by a cudaMemsetAsync, so graph replays never share
-// counters with each other or with direct calls.
-Status single_pass_scratch(cudaStream_t stream, int device, int64_t rows, int64_t items, SinglePassScratch* ws,
-                           char** owned) {
-  *owned = nullptr;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
-    (void)cudaGetLastError();
-    capture = cudaStreamCaptureStatusActive;  // unsure: take the per-call scratch
-  }
-  if (capture != cudaStreamCaptureStatusNone) {
-    const size_t counters = single_pass_counter_bytes(rows);
-    FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(owned), counters + items * sizeof(SoftmaxStats), stream));
-    const cudaError_t err = cudaMemsetAsync(*owned, 0, counters, stream);
-    if (err != cudaSuccess) {
-      (void)cudaFreeAsync(*owned, stream);
-      *owned = nullptr;
-      return cuda_status(err, "zeroing the softmax scratch counters");
-    }
-    *ws = carve_single_pass(*owned, rows);
-    return Status::Ok();
-  }
-
-  struct Entry {
-    int device;
-    cudaStream_t stream;
-    std::thread::id thread;
-    char* base;
-    int64_t row_cap, partial_cap;
-  };
-  static std::mutex mu;
-  static std::vector<Entry> entries;
-  static std::vector<char*> retired;
-  const std::thread::id thread = stream == cudaStreamPerThread ? std::this_thread::get_id() : std::thread::id();
-  std::lock_guard<std::mutex> lock(mu);
-  Entry* e = nullptr;
-  for (Entry& x : entries)
-    if (x.device == device && x.stream == stream && x.thread == thread) e = &x;
-  if (e && e->row_cap >= rows && e->partial_cap >= items) {
-    *ws = carve_single_pass(e->base, e->row_cap);
-    return Status::Ok();
-  }
-  const int64_t row_cap = std::max<int64_t>({rows, e ? 2 * e->row_cap : 0, 1024});
-  const int64_t partial_cap = std::max<int64_t>({items, e ? 2 * e->partial_cap : 0, 16384});
-  const size_t counters = single_pass_counter_bytes(row_cap);
-  char* base = nullptr;
-  FA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&base), counters + partial_cap * sizeof(SoftmaxStats)));
-  const cudaError_t err = cudaMemsetAsync(base, 0, counters, stream);  // before any launch that uses it
-  if (err != cudaSuccess) {
-    cudaFree(base);
-    return cuda_status(err, "zeroing the softmax scratch counters");
-  }
-  if (e) {
-    retired.push_back(e->base);
-    *e = Entry{device, stream, thread, base, row_cap, partial_cap};
-  } else {
-    entries.push_back(Entry{device, stream, thread, base, row_cap, partial_cap});
-  }
-  *ws = carve_single_pass(base, row_cap);
-  return Status::Ok();
 }
 
 // Single-pass split rows. Sets *fits = false (and launches nothing) when a row
@@ -690,10 +614,11 @@ Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int
   if (auto_path && sizeof(T) == 2 && items > 2 * resident) return Status::Ok();
   const int64_t grid = std::min(items, resident);
 
-  SinglePassScratch ws;
-  char* owned = nullptr;
-  const Status scratch = single_pass_scratch(stream, device, a.rows, items, &ws, &owned);
-  if (!scratch.ok()) return scratch;
+  StreamScratch scratch;
+  const Status st = stream_scratch(ScratchTag::kSoftmaxSinglePass, stream, single_pass_counter_bytes(a.rows),
+                                   static_cast<size_t>(items) * sizeof(SoftmaxStats), &scratch);
+  if (!st.ok()) return st;
+  const SinglePassScratch ws = carve_single_pass(scratch, a.rows);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
@@ -705,7 +630,7 @@ Status launch_single_pass(const RowArgs& a, cudaStream_t stream, int device, int
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a, chunk, splits, ws);
-  const cudaError_t free_err = owned ? cudaFreeAsync(owned, stream) : cudaSuccess;
+  const cudaError_t free_err = release_stream_scratch(scratch, stream);
   if (err == cudaErrorCooperativeLaunchTooLarge) {  // e.g. fewer SMs available under MPS: not an error
     (void)cudaGetLastError();
     FA_CUDA_CHECK(free_err);

@@ -9,6 +9,7 @@
 
 #include "common/mask.h"
 #include "cuda/decode/decode_kernel.cuh"
+#include "cuda/stream_scratch.h"
 
 namespace flashattn {
 namespace cuda {
@@ -48,12 +49,6 @@ inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, in
   splits = (key_blocks + w - 1) / w;
   return static_cast<int>(std::max<int64_t>(splits, 1));
 }
-
-// Arrival counters of the fused combine for `count` groups, all 0, for launches
-// on `stream` (decode.cu). One buffer per (device, stream): launches on one
-// stream run one after the other, and each leaves its counters at 0 again, so
-// the buffer is zeroed once when created, never per call.
-Status group_counters(cudaStream_t stream, int64_t count, unsigned int** counters);
 
 template <typename T, int D>
 Status run_decode_typed(const FwdParams& p) {
@@ -116,11 +111,16 @@ Status run_decode_typed(const FwdParams& p) {
   a.splits = choose_splits(p.num_splits, ctas, p.seqlen_k, sms, per_sm);
 
   void* workspace = nullptr;
+  // Arrival counters of the fused combine, one per group: each launch leaves
+  // them at 0 again, so they are zeroed once per stream (stream_scratch.h).
+  StreamScratch counters;
   if (a.splits > 1) {
     const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
     const size_t bytes = static_cast<size_t>(a.splits) * rows * (D + 1) * sizeof(float);
-    Status st = group_counters(stream, ctas, &a.counters);
+    Status st = stream_scratch(ScratchTag::kDecodeCounters, stream, static_cast<size_t>(ctas) * sizeof(unsigned int),
+                               0, &counters);
     if (!st.ok()) return st;
+    a.counters = reinterpret_cast<unsigned int*>(counters.base);
     FA_CUDA_CHECK(cudaMallocAsync(&workspace, bytes, stream));
     a.o_part = static_cast<float*>(workspace);
     a.lse_part = a.o_part + static_cast<int64_t>(a.splits) * rows * D;
@@ -132,6 +132,8 @@ Status run_decode_typed(const FwdParams& p) {
     cudaError_t ferr = cudaFreeAsync(workspace, stream);
     if (err == cudaSuccess) err = ferr;
   }
+  const cudaError_t rerr = release_stream_scratch(counters, stream);
+  if (err == cudaSuccess) err = rerr;
   return cuda_status(err, "decode kernels");
 }
 
