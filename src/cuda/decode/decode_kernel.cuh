@@ -31,6 +31,7 @@
 
 #include "common/mask.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/fa2/mma_sm80.cuh"
 #include "flashattn/online_softmax.h"
 
 namespace flashattn {
@@ -100,57 +101,12 @@ __device__ __forceinline__ SeqInfo seq_info(const DecodeArgs& a, int b) {
   return s;
 }
 
-// ---- PTX helpers -----------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy global -> shared; src_bytes = 0 writes zeros.
+// ---- PTX helpers: the FA2 rung's (cuda/fa2/mma_sm80.cuh), plus one copy -----
+// 16-byte async copy global -> shared with an L2 256-byte prefetch hint (the
+// decode kernel streams K/V once); src_bytes = 0 writes zeros.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(sm80::smem_addr(smem)), "l"(gmem),
                "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(smem)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(smem)));
-}
-// D = A B + D, m16n8k16, A row-major 16x16, B col-major 16x8, fp32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <typename T> __device__ __forceinline__ uint32_t pack2(float x, float y);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float x, float y) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
-  __half2 v = __floats2half2_rn(x, y);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // Shared-memory tiles are [rows][D] of 16-bit elements in 16-byte chunks; chunk
@@ -252,8 +208,8 @@ __device__ __forceinline__ void combine_if_last(const DecodeArgs& a, float* smem
     const int64_t orow = a.cu_q ? static_cast<int64_t>(a.cu_q[b]) + i : i;
     const int64_t off = (a.cu_q ? 0 : static_cast<int64_t>(b) * a.o_bs) + orow * a.o_rs + h * a.o_hs + col;
     uint2 packed;
-    packed.x = pack2<T>(acc.x, acc.y);
-    packed.y = pack2<T>(acc.z, acc.w);
+    packed.x = sm80::pack2<T>(acc.x, acc.y);
+    packed.y = sm80::pack2<T>(acc.z, acc.w);
     *reinterpret_cast<uint2*>(static_cast<T*>(a.o) + off) = packed;
     if (col == 0 && a.lse) a.lse[li] = row_lse[r];
   }
@@ -399,11 +355,11 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < n_blocks) load_block(s, first[s]);
       if (s == 0) load_q();
-      cp_async_commit();
+      sm80::cp_async_commit();
     }
   }
   PagedRows next = lookup_pages();  // block kStages - 1, copied in iteration 0
-  cp_async_wait<kStages - 2>();     // group 0: Q and block 0
+  sm80::cp_async_wait<kStages - 2>();     // group 0: Q and block 0
   __syncthreads();
 
   // Q fragments (A operand) for all D/16 k-steps, kept in registers.
@@ -412,7 +368,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
     const int mi = lane >> 3;
     const int row = (mi & 1) * 8 + (lane & 7);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + swz<D>(row, kk * 2 + (mi >> 1)));
+    for (int kk = 0; kk < D / 16; ++kk) sm80::ldmatrix_x4(qa[kk], sm80::smem_addr(sQ + swz<D>(row, kk * 2 + (mi >> 1))));
   }
 
   // Per-thread rows of the accumulator: lane/4 and lane/4 + 8. Their visible key range.
@@ -436,13 +392,13 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
   float l_run[2] = {0.0f, 0.0f};            // per-thread partial sums
 
   for (int n = 0; n < n_blocks; ++n) {
-    cp_async_wait<kStages - 2>();
+    sm80::cp_async_wait<kStages - 2>();
     __syncthreads();  // block n landed for everyone; stage (n-1) % kStages is free
     // Copy block n + kStages - 1 before the math on block n, so kStages - 1
     // blocks (64 KB at D = 128, twice that per SM) stay in flight while it runs;
     // then look up the pages of the block after it.
     if (n + kStages - 1 < n_blocks) load_block(n + kStages - 1, next);
-    cp_async_commit();
+    sm80::cp_async_commit();
     if (bt && n + kStages < n_blocks) next = lookup_pages();
 
     const int stage = n % kStages;
@@ -455,9 +411,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t bk[4];
-      ldmatrix_x4(bk, tk + swz<D>(warp * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1)));
-      mma16816<T>(s[0], qa[kk], bk[0], bk[1]);
-      mma16816<T>(s[1], qa[kk], bk[2], bk[3]);
+      sm80::ldmatrix_x4(bk, sm80::smem_addr(tk + swz<D>(warp * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1))));
+      sm80::mma_16816<T>(s[0], qa[kk], bk[0], bk[1]);
+      sm80::mma_16816<T>(s[1], qa[kk], bk[2], bk[3]);
     }
 
     // Scale / soft-cap into base-2 units, mask, online softmax per row.
@@ -502,19 +458,19 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
 
     // O += P V: P (16 x 16 keys) straight from the S accumulators as the A operand.
     uint32_t pa[4];
-    pa[0] = pack2<T>(s[0][0], s[0][1]);
-    pa[1] = pack2<T>(s[0][2], s[0][3]);
-    pa[2] = pack2<T>(s[1][0], s[1][1]);
-    pa[3] = pack2<T>(s[1][2], s[1][3]);
+    pa[0] = sm80::pack2<T>(s[0][0], s[0][1]);
+    pa[1] = sm80::pack2<T>(s[0][2], s[0][3]);
+    pa[2] = sm80::pack2<T>(s[1][0], s[1][1]);
+    pa[3] = sm80::pack2<T>(s[1][2], s[1][3]);
 #pragma unroll
     for (int dt = 0; dt < D / 16; ++dt) {
       uint32_t bv[4];
-      ldmatrix_x4_trans(bv, tv + swz<D>(warp * 16 + (mi & 1) * 8 + (lane & 7), dt * 2 + (mi >> 1)));
-      mma16816<T>(o_acc[2 * dt], pa, bv[0], bv[1]);
-      mma16816<T>(o_acc[2 * dt + 1], pa, bv[2], bv[3]);
+      sm80::ldmatrix_x4_trans(bv, sm80::smem_addr(tv + swz<D>(warp * 16 + (mi & 1) * 8 + (lane & 7), dt * 2 + (mi >> 1))));
+      sm80::mma_16816<T>(o_acc[2 * dt], pa, bv[0], bv[1]);
+      sm80::mma_16816<T>(o_acc[2 * dt + 1], pa, bv[2], bv[3]);
     }
   }
-  cp_async_wait<0>();
+  sm80::cp_async_wait<0>();
   __syncthreads();  // the stage buffers become the merge area
 
   // Merge the 4 warps' states: sO [warps][16][D] fp32, sM/sL [warps][16] (natural-log max, sum).
@@ -570,7 +526,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodeArgs
       uint4 packed;
       uint32_t* pw = reinterpret_cast<uint32_t*>(&packed);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) pw[e] = pack2<T>(out[2 * e], out[2 * e + 1]);
+      for (int e = 0; e < 4; ++e) pw[e] = sm80::pack2<T>(out[2 * e], out[2 * e + 1]);
       *reinterpret_cast<uint4*>(static_cast<T*>(a.o) + off + c * 8) = packed;
       if (c == 0 && a.lse) a.lse[lse_idx] = row_lse;
     } else {
