@@ -25,7 +25,7 @@ _WANT_TORCH = os.environ.get("FLASHATTN_NO_TORCH", "") in ("", "0") and importli
 if _WANT_TORCH:
     importlib.import_module("torch")
 
-from . import _C, _ops  # noqa: E402
+from . import _C, _ops, _varlen  # noqa: E402
 from ._errors import CudaError, NotCompiledError, UnsupportedError  # noqa: E402
 
 __version__ = _C.version()
@@ -39,6 +39,8 @@ if _WANT_TORCH:
 __all__ = [
     "flash_attn_func",
     "flash_attn_backward",
+    "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
     "softmax",
     "cuda_compiled",
     "cuda_device_count",
@@ -90,6 +92,82 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
                                     _ops.kernel_id(kernel))
     return _ops.attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, window_size, softcap,
                                    deterministic, kernel)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *, seqused_k=None,
+                           return_lse=False, kernel="auto"):
+    """Attention over a packed batch of sequences of different lengths (flash-attn's varlen interface).
+
+    q: [total_q, heads_q, head_dim]; k, v: [total_k, heads_kv, head_dim], or page pools
+    [num_pages, page_size, heads_kv, head_dim] (any page_size >= 1) with block_table [batch, max_blocks]
+    int32 (key j of sequence b is row j % page_size of page block_table[b, j // page_size]).
+    cu_seqlens_q, cu_seqlens_k: int32 [batch + 1] prefix sums (0 first), on the device of q: sequence b owns
+    rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q (and of out). max_seqlen_q/k: the longest lengths.
+    seqused_k: optional int32 [batch], the keys actually used per sequence. Masks (causal, window) are
+    bottom-right aligned per sequence; a sequence with no keys gets out = 0 (lse = -inf).
+
+    dropout_p must be 0 and alibi_slopes None (not supported: ValueError). Returns out [total_q, heads_q,
+    head_dim]; with return_lse=True (out, lse); with return_attn_probs=True (out, lse, None) like flash-attn
+    (no probabilities are returned). lse is float32 [batch, heads_q, max_seqlen_q] (the dense layout, not
+    flash-attn's packed [heads_q, total_q]): lse[b, h, i] belongs to query row cu_seqlens_q[b] + i; rows past a
+    sequence's length are unused.
+
+    torch tensors (CPU or CUDA, current stream) or numpy arrays (CPU). Autograd: CPU torch tensors
+    (the float64-accumulating reference backward); on CUDA the varlen/KV-cache backward is not implemented
+    yet, so inputs that require grad raise a ValueError there. On the CPU, kernel "auto" runs the exact
+    reference path (cpu_flash does not take varlen inputs).
+    """
+    _varlen.check_unsupported(dropout_p, alibi_slopes)
+    _varlen.check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
+    want_lse = bool(return_lse or return_attn_probs)
+    if _torch_api is not None and isinstance(q, _Tensor):
+        out, lse = _torch_api.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                     max_seqlen_k, softmax_scale, causal, window_size, softcap,
+                                                     deterministic, block_table, seqused_k, want_lse, kernel)
+    else:
+        left, right = _ops.window_pair(window_size)
+        out, lse = _varlen.varlen_forward(_varlen.NumpyBackend(q), q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                          max_seqlen_q, max_seqlen_k,
+                                          0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
+                                          left, right, float(softcap), block_table, seqused_k,
+                                          _ops.kernel_id(kernel), want_lse)
+    if return_attn_probs:
+        return out, lse, None
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+    """Decoding / chunked prefill against a KV cache (flash-attn's interface). Inference only.
+
+    q: [batch, seqlen_q, heads_q, head_dim]. k_cache, v_cache: [batch, seqlen_cache, heads_kv, head_dim], or
+    page pools [num_pages, page_size, heads_kv, head_dim] (any page_size >= 1) with block_table
+    [batch, max_blocks] int32. cache_seqlens: int32 [batch] (or a Python int): keys already in the cache
+    (None: the whole cache is valid).
+    k, v (optional): [batch, seqlen_new, heads_kv, head_dim], written IN PLACE into the caches at
+    cache_seqlens (cache_seqlens itself is not changed), after rotary embedding of k if rotary_cos /
+    rotary_sin [max_position, rotary_dim / 2] are given (interleaved GPT-J pairs if rotary_interleaved,
+    else GPT-NeoX halves); q is then rotated too (a copy: the caller's q is not modified), row t at position
+    cache_seqlens + t (needs seqlen_q == seqlen_new, and causal or a window when seqlen_q > 1).
+    Attention then covers the first cache_seqlens + seqlen_new keys of each sequence; causal / window masks
+    are bottom-right aligned to that length. num_splits: 0 = heuristic, n = force n KV splits (CUDA).
+
+    cache_batch_idx, cache_leftpad and alibi_slopes are not supported (ValueError). Returns out
+    [batch, seqlen_q, heads_q, head_dim], or (out, lse [batch, heads_q, seqlen_q] float32) with
+    return_softmax_lse. torch tensors (CPU or CUDA, current stream) or numpy arrays (CPU).
+    """
+    _varlen.check_unsupported(0.0, alibi_slopes, cache_batch_idx, cache_leftpad)
+    if _torch_api is not None and isinstance(q, _Tensor):
+        return _torch_api.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                                                  block_table, softmax_scale, causal, window_size, softcap,
+                                                  rotary_interleaved, num_splits, return_softmax_lse)
+    return _varlen.kvcache_forward(_varlen.NumpyBackend(q), q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
+                                   cache_seqlens, block_table, softmax_scale, causal, window_size, softcap,
+                                   rotary_interleaved, num_splits, return_softmax_lse)
 
 
 def softmax(x, dim=-1, variant="online"):

@@ -193,3 +193,116 @@ def softmax(x, dim, variant):
     if r is not None:
         raise_status(r)
     return y
+
+
+# --- varlen / KV cache (flashattn/_varlen.py has the shared logic) -------------
+from . import _varlen  # noqa: E402
+
+
+class _TorchBackend:
+    dtype_override = -1
+
+    @staticmethod
+    def export(x):
+        return None if x is None else _dlpack(x)
+
+    @staticmethod
+    def export_index(x):
+        if not isinstance(x, _Tensor):
+            raise TypeError(f"index arrays (cu_seqlens, cache_seqlens, block_table, ...) must be torch tensors like q, "
+                            f"got {type(x).__name__}")
+        return _dlpack(x.detach())
+
+    @staticmethod
+    def empty(shape, like, float32=False):
+        return torch.empty(tuple(shape), dtype=_float32 if float32 else like.dtype, device=like.device)
+
+    @staticmethod
+    def stream(like):
+        return _stream(like)
+
+    @staticmethod
+    def seqlens(cache_seqlens, batch, like):
+        if isinstance(cache_seqlens, int):
+            return torch.full((batch,), cache_seqlens, dtype=torch.int32, device=like.device)
+        return cache_seqlens
+
+    @staticmethod
+    def add(lens, n):
+        return (lens + n).to(torch.int32)
+
+    @staticmethod
+    def copy(x):
+        return x.clone()
+
+    @staticmethod
+    def float32(x):
+        return x.detach().to(torch.float32).contiguous()
+
+
+def _check_no_cuda_grad(what, *tensors):
+    if not _is_grad_enabled():
+        return False
+    needs = any(isinstance(t, _Tensor) and t.requires_grad for t in tensors)
+    if needs and any(isinstance(t, _Tensor) and t.is_cuda for t in tensors):
+        raise ValueError(f"{what}: the varlen / KV-cache backward is not available on CUDA yet (forward only); "
+                         "run under torch.no_grad() / torch.inference_mode() or detach the inputs")
+    return needs
+
+
+class VarlenFunction(torch.autograd.Function):
+    """out, lse = VarlenFunction.apply(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap,
+    block_table, seqused_k, deterministic, kernel). CPU only (the reference backward takes cu_seqlens)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap, block_table, seqused_k,
+                deterministic, kernel):
+        out, lse = _varlen.varlen_forward(_TorchBackend, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr,
+                                          softcap, block_table, seqused_k, kernel, True)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k)
+        ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap)
+        ctx.extra = (deterministic, kernel)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k = ctx.saved_tensors
+        max_q, max_k, scale, causal, wl, wr, softcap = ctx.args
+        deterministic, kernel = ctx.extra
+        dq, dk, dv = _varlen.varlen_backward(_TorchBackend, _usable_grad(dout, out), q, k, v, out, lse, cu_q, cu_k,
+                                             max_q, max_k, scale, causal, wl, wr, softcap, block_table, seqused_k,
+                                             deterministic, kernel)
+        return (dq, dk, dv) + (None,) * 13
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                           window_size, softcap, deterministic, block_table, seqused_k, need_lse, kernel):
+    for name, x in (("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(x, _Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
+    left, right = _ops.window_pair(window_size)
+    scale = 0.0 if softmax_scale is None else float(softmax_scale)
+    kid = _ops.kernel_id(kernel)
+    if _check_no_cuda_grad("flash_attn_varlen_func", q, k, v):
+        out, lse = VarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                        scale, bool(causal), left, right, float(softcap), block_table, seqused_k,
+                                        bool(deterministic), kid)
+        return out, (lse if need_lse else None)
+    return _varlen.varlen_forward(_TorchBackend, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  scale, bool(causal), left, right, float(softcap), block_table, seqused_k, kid,
+                                  need_lse)
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
+                            softmax_scale, causal, window_size, softcap, rotary_interleaved, num_splits, return_lse):
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
+        if x is not None and not isinstance(x, _Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
+    if _is_grad_enabled() and any(isinstance(t, _Tensor) and t.requires_grad for t in (q, k_cache, v_cache, k, v)):
+        raise ValueError("flash_attn_with_kvcache is inference only (no backward; the varlen / KV-cache backward is "
+                         "not available on CUDA yet): run under torch.no_grad() / torch.inference_mode() or detach "
+                         "the inputs")
+    return _varlen.kvcache_forward(_TorchBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                                   block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved,
+                                   num_splits, return_lse)

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "flashattn/flashattn.h"
+#include "flashattn/kvcache.h"
 
 #if FLASHATTN_WITH_CUDA
 #include <cuda_runtime.h>
@@ -282,6 +283,393 @@ nb::object bwd(const InArray& dout_arr, const InArray& q_arr, const InArray& k_a
   return status_result(st);
 }
 
+// --- Variable-length batches and KV caches (include/flashattn/params.h, kvcache.h) ---
+
+// An int32 index array (cu_seqlens, seqused_k / cache_seqlens, block_table):
+// only the pointer, shape and strides; rows must be contiguous.
+Desc describe_index(const char* name, const InArray& a, int64_t rank, const char* layout) {
+  Desc d;
+  d.name = name;
+  d.data = const_cast<void*>(static_cast<const void*>(a.data()));
+  d.ndim = static_cast<int64_t>(a.ndim());
+  const nb::dlpack::dtype t = a.dtype();
+  if (static_cast<nb::dlpack::dtype_code>(t.code) != nb::dlpack::dtype_code::Int || t.bits != 32 || t.lanes != 1)
+    throw nb::type_error((std::string(name) + " must be int32 " + layout + " (got DLPack code " +
+                          std::to_string(t.code) + ", " + std::to_string(t.bits) + " bits)")
+                             .c_str());
+  if (d.ndim != rank)
+    throw nb::value_error((std::string(name) + " must have " + std::to_string(rank) + " dimension" +
+                           (rank > 1 ? "s " : " ") + layout + ", got " + std::to_string(d.ndim))
+                              .c_str());
+  for (int64_t i = 0; i < d.ndim; ++i) {
+    d.shape[i] = static_cast<int64_t>(a.shape(i));
+    d.stride[i] = a.stride(i);
+  }
+  if (d.shape[rank - 1] > 1 && d.stride[rank - 1] != 1)
+    throw nb::value_error((std::string(name) + ": the last dimension must be contiguous (stride 1)").c_str());
+  switch (a.device_type()) {
+    case kDLCPU:
+    case kDLCUDAHost: d.device = Device::kCPU; break;
+    case kDLCUDA:
+    case kDLCUDAManaged: d.device = Device::kCUDA; break;
+    default: throw nb::value_error((std::string(name) + " lives on an unsupported DLPack device").c_str());
+  }
+  d.device_id = d.device == Device::kCUDA ? a.device_id() : 0;
+  return d;
+}
+
+void expect_index_on(const Desc& q, const Desc& d) {
+  if (d.device != q.device || (q.device == Device::kCUDA && d.device_id != q.device_id))
+    throw nb::value_error((std::string(d.name) + " must live on the device of q (" + device_name(q.device) +
+                           "), got " + device_name(d.device))
+                              .c_str());
+}
+
+constexpr const char* kPacked = "[total, heads, head_dim]";
+constexpr const char* kPool = "[num_pages, page_size, heads_kv, head_dim] (a page pool: block_table is given)";
+
+// Fill the FwdParams of a varlen / KV-cache forward (or the forward part of its backward).
+//   q 3-D [total_q, hq, d] with cu_seqlens_q/k (packed), or 4-D [batch, seqlen_q, hq, d] (dense q: KV cache).
+//   k/v: 3-D packed [total_k, hkv, d] (with cu_seqlens, no block_table), 4-D page pools (block_table),
+//   or 4-D dense caches [batch_cache >= batch, capacity, hkv, d].
+// seqused_k [batch] int32; block_table [batch, max_blocks] int32.
+void fill_varlen(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, const Desc& o,
+                 const std::optional<InArray>& cu_q_arr, const std::optional<InArray>& cu_k_arr,
+                 const std::optional<InArray>& seqused_arr, const std::optional<InArray>& bt_arr,
+                 int64_t max_seqlen_q, int64_t max_seqlen_k, float softmax_scale, bool causal, int64_t window_left,
+                 int64_t window_right, float softcap, int num_splits, int kernel, uintptr_t stream, int num_threads) {
+  const bool packed = cu_q_arr.has_value();
+  if (packed != cu_k_arr.has_value())
+    throw nb::value_error("cu_seqlens_q and cu_seqlens_k must be given together");
+  const bool paged = bt_arr.has_value();
+  for (const Desc* d : {&k, &v, &o}) expect_same(q, *d);
+  for (const Desc* d : {&q, &k, &v, &o}) expect_last_contiguous(*d);
+  if (packed) {
+    expect_rank(q, 3, "[total_q, heads_q, head_dim] (packed: cu_seqlens are given)");
+  } else {
+    expect_rank(q, 4, kBSHD);
+  }
+  if (paged) {
+    expect_rank(k, 4, kPool);
+    expect_rank(v, 4, kPool);
+  } else if (packed) {
+    expect_rank(k, 3, "[total_k, heads_kv, head_dim] (packed: cu_seqlens are given, no block_table)");
+    expect_rank(v, 3, "[total_k, heads_kv, head_dim] (packed: cu_seqlens are given, no block_table)");
+  } else {
+    expect_rank(k, 4, "[batch, seqlen_cache, heads_kv, head_dim]");
+    expect_rank(v, 4, "[batch, seqlen_cache, heads_kv, head_dim]");
+  }
+  const int64_t kd = k.ndim, qd = q.ndim;
+  for (int64_t i = 0; i + 1 < kd; ++i)
+    if (k.shape[i] != v.shape[i])
+      throw nb::value_error(("k and v must share all but the last dimension: k " + shape_str(k) + ", v " +
+                             shape_str(v)).c_str());
+  if (k.shape[kd - 1] != q.shape[qd - 1])
+    throw nb::value_error(("head_dim mismatch: q " + shape_str(q) + ", k " + shape_str(k)).c_str());
+  if (packed)
+    expect_shape(o, {q.shape[0], q.shape[1], v.shape[kd - 1]}, "(out)");
+  else
+    expect_shape(o, {q.shape[0], q.shape[1], q.shape[2], v.shape[kd - 1]}, "(out)");
+
+  int64_t batch = 0;
+  if (packed) {
+    const Desc cq = describe_index("cu_seqlens_q", *cu_q_arr, 1, "[batch + 1]");
+    const Desc ck = describe_index("cu_seqlens_k", *cu_k_arr, 1, "[batch + 1]");
+    expect_index_on(q, cq);
+    expect_index_on(q, ck);
+    if (cq.shape[0] < 2)
+      throw nb::value_error(("cu_seqlens_q must have batch + 1 >= 2 entries, got " + shape_str(cq)).c_str());
+    if (ck.shape[0] != cq.shape[0])
+      throw nb::value_error(("cu_seqlens_k must have as many entries as cu_seqlens_q (batch + 1 = " +
+                             std::to_string(cq.shape[0]) + "), got " + shape_str(ck)).c_str());
+    batch = cq.shape[0] - 1;
+    p.cu_seqlens_q = static_cast<const int32_t*>(cq.data);
+    p.cu_seqlens_k = static_cast<const int32_t*>(ck.data);
+    if (q.device == Device::kCPU) {  // host memory: the packed tensors must hold every row
+      const int64_t tq = p.cu_seqlens_q[batch], tk = p.cu_seqlens_k[batch];
+      if (tq > q.shape[0])
+        throw nb::value_error(("cu_seqlens_q[-1] = " + std::to_string(tq) + " but q has only " +
+                               std::to_string(q.shape[0]) + " rows").c_str());
+      if (!paged && tk > k.shape[0])
+        throw nb::value_error(("cu_seqlens_k[-1] = " + std::to_string(tk) + " but k/v have only " +
+                               std::to_string(k.shape[0]) + " rows").c_str());
+    }
+    p.seqlen_q = max_seqlen_q;
+    p.seqlen_k = max_seqlen_k;
+    p.q_batch_stride = p.o_batch_stride = 0;
+    p.q_row_stride = q.stride[0];
+    p.q_head_stride = q.stride[1];
+    p.o_row_stride = o.stride[0];
+    p.o_head_stride = o.stride[1];
+    p.heads_q = q.shape[1];
+  } else {
+    batch = q.shape[0];
+    p.seqlen_q = q.shape[1];
+    strides_of(q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+    strides_of(o, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+    p.heads_q = q.shape[2];
+  }
+  if (kd == 3) {
+    p.k_batch_stride = p.v_batch_stride = 0;
+    p.k_row_stride = k.stride[0];
+    p.k_head_stride = k.stride[1];
+    p.v_row_stride = v.stride[0];
+    p.v_head_stride = v.stride[1];
+    p.heads_kv = k.shape[1];
+  } else {
+    strides_of(k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+    strides_of(v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+    p.heads_kv = k.shape[2];
+  }
+  if (paged) {
+    const Desc bt = describe_index("block_table", *bt_arr, 2, "[batch, max_blocks_per_seq]");
+    expect_index_on(q, bt);
+    if (bt.shape[0] != batch)
+      throw nb::value_error(("block_table must have one row per sequence (batch = " + std::to_string(batch) +
+                             "), got " + shape_str(bt)).c_str());
+    p.block_table = static_cast<const int32_t*>(bt.data);
+    p.block_table_batch_stride = bt.stride[0];
+    p.page_size = k.shape[1];
+    p.num_pages = k.shape[0];
+    const int64_t cap = bt.shape[1] * p.page_size;
+    if (!packed) p.seqlen_k = cap;
+    if (p.seqlen_k > cap)
+      throw nb::value_error(("max_seqlen_k = " + std::to_string(p.seqlen_k) + " exceeds what block_table " +
+                             shape_str(bt) + " can address with page_size " + std::to_string(p.page_size) + " (" +
+                             std::to_string(cap) + ")").c_str());
+  } else if (!packed) {
+    if (k.shape[0] < batch)
+      throw nb::value_error(("the KV cache holds " + std::to_string(k.shape[0]) + " sequences but q has batch " +
+                             std::to_string(batch)).c_str());
+    p.seqlen_k = k.shape[1];
+  }
+  if (seqused_arr) {
+    const Desc su = describe_index("seqused_k", *seqused_arr, 1, "[batch]");
+    expect_index_on(q, su);
+    if (su.shape[0] != batch)
+      throw nb::value_error(("seqused_k / cache_seqlens must have batch = " + std::to_string(batch) +
+                             " entries, got " + shape_str(su)).c_str());
+    p.seqused_k = static_cast<const int32_t*>(su.data);
+  }
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.o = o.data;
+  p.batch = batch;
+  p.head_dim = q.shape[qd - 1];
+  p.head_dim_v = v.shape[kd - 1];
+  p.dtype = q.dtype;
+  p.softmax_scale = softmax_scale;
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  p.softcap = softcap;
+  p.num_splits = num_splits;
+  p.device = q.device;
+  p.device_index = q.device == Device::kCUDA ? q.device_id : -1;
+  p.stream = reinterpret_cast<void*>(stream);
+  p.kernel = kernel_from(kernel);
+  p.num_threads = num_threads;
+}
+
+void set_lse_varlen(FwdParams& p, const Desc& q, const std::optional<OutArray>& lse_arr, bool required) {
+  if (!lse_arr) {
+    if (required) throw nb::value_error("backward needs lse (from the forward with return_lse=True)");
+    return;
+  }
+  Desc lse = describe("lse", *lse_arr);
+  if (lse.dtype != DType::kFloat32) throw nb::type_error("lse must be float32");
+  if (lse.device != q.device || lse.device_id != q.device_id)
+    throw nb::value_error("device mismatch: lse must live on the device of q");
+  expect_shape(lse, {p.batch, p.heads_q, p.seqlen_q}, "[batch, heads_q, max_seqlen_q]");
+  if (lse.stride[2] != 1 || lse.stride[1] != p.seqlen_q || lse.stride[0] != p.seqlen_q * p.heads_q)
+    throw nb::value_error("lse must be contiguous [batch, heads_q, max_seqlen_q]");
+  p.lse = static_cast<float*>(lse.data);
+}
+
+nb::object fwd_varlen(const InArray& q_arr, const InArray& k_arr, const InArray& v_arr, const OutArray& o_arr,
+                      const std::optional<OutArray>& lse_arr, const std::optional<InArray>& cu_q,
+                      const std::optional<InArray>& cu_k, const std::optional<InArray>& seqused_k,
+                      const std::optional<InArray>& block_table, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                      float softmax_scale, bool causal, int64_t window_left, int64_t window_right, float softcap,
+                      int num_splits, int kernel, uintptr_t stream, int num_threads, int dtype_override) {
+  const Desc q = describe("q", q_arr, dtype_override), k = describe("k", k_arr, dtype_override),
+             v = describe("v", v_arr, dtype_override), o = describe("out", o_arr, dtype_override);
+  FwdParams p;
+  fill_varlen(p, q, k, v, o, cu_q, cu_k, seqused_k, block_table, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+              window_left, window_right, softcap, num_splits, kernel, stream, num_threads);
+  set_lse_varlen(p, q, lse_arr, false);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = forward(p);
+  }
+  return status_result(st);
+}
+
+nb::object bwd_varlen(const InArray& dout_arr, const InArray& q_arr, const InArray& k_arr, const InArray& v_arr,
+                      const InArray& o_arr, const OutArray& lse_arr, const OutArray& dq_arr, const OutArray& dk_arr,
+                      const OutArray& dv_arr, const std::optional<InArray>& cu_q, const std::optional<InArray>& cu_k,
+                      const std::optional<InArray>& seqused_k, const std::optional<InArray>& block_table,
+                      int64_t max_seqlen_q, int64_t max_seqlen_k, float softmax_scale, bool causal,
+                      int64_t window_left, int64_t window_right, float softcap, bool deterministic, int kernel,
+                      uintptr_t stream, int num_threads, int dtype_override) {
+  const Desc q = describe("q", q_arr, dtype_override), k = describe("k", k_arr, dtype_override),
+             v = describe("v", v_arr, dtype_override), o = describe("out", o_arr, dtype_override),
+             dout = describe("dout", dout_arr, dtype_override), dq = describe("dq", dq_arr, dtype_override),
+             dk = describe("dk", dk_arr, dtype_override), dv = describe("dv", dv_arr, dtype_override);
+  BwdParams p;
+  fill_varlen(p, q, k, v, o, cu_q, cu_k, seqused_k, block_table, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+              window_left, window_right, softcap, 0, kernel, stream, num_threads);
+  set_lse_varlen(p, q, std::optional<OutArray>(lse_arr), true);
+  for (const Desc* d : {&dout, &dq, &dk, &dv}) {
+    expect_same(q, *d);
+    expect_last_contiguous(*d);
+  }
+  auto like = [](const Desc& d, const Desc& ref, const char* what) {
+    bool ok = d.ndim == ref.ndim;
+    for (int64_t i = 0; ok && i < d.ndim; ++i) ok = d.shape[i] == ref.shape[i];
+    if (!ok)
+      throw nb::value_error((std::string(d.name) + " must have the shape of " + what + " " + shape_str(ref) +
+                             ", got " + shape_str(d)).c_str());
+  };
+  like(dout, o, "out");
+  like(dq, q, "q");
+  like(dk, k, "k");
+  like(dv, v, "v");
+  auto strides3 = [](const Desc& d, int64_t& bs, int64_t& rs, int64_t& hs) {
+    if (d.ndim == 3) {
+      bs = 0;
+      rs = d.stride[0];
+      hs = d.stride[1];
+    } else {
+      strides_of(d, bs, rs, hs);
+    }
+  };
+  p.dout = dout.data;
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  strides3(dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride);
+  strides3(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  strides3(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  strides3(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  p.deterministic = deterministic;
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = backward(p);
+  }
+  return status_result(st);
+}
+
+// In-place KV-cache append (flashattn::append_kv), optionally with rotary on the
+// new keys and, in place, on q. Caches: dense [batch_cache >= batch, capacity, hkv, d]
+// or page pools [num_pages, page_size, hkv, d] with block_table.
+nb::object append_kv_py(const InArray& k_new_arr, const InArray& v_new_arr, const OutArray& k_cache_arr,
+                        const OutArray& v_cache_arr, const InArray& cache_seqlens_arr,
+                        const std::optional<InArray>& bt_arr, const std::optional<InArray>& cos_arr,
+                        const std::optional<InArray>& sin_arr, bool rotary_interleaved,
+                        const std::optional<OutArray>& q_arr, uintptr_t stream, int dtype_override) {
+  const Desc kn = describe("k", k_new_arr, dtype_override), vn = describe("v", v_new_arr, dtype_override),
+             kc = describe("k_cache", k_cache_arr, dtype_override),
+             vc = describe("v_cache", v_cache_arr, dtype_override);
+  for (const Desc* d : {&vn, &kc, &vc}) expect_same(kn, *d);
+  for (const Desc* d : {&kn, &vn, &kc, &vc}) expect_last_contiguous(*d);
+  expect_rank(kn, 4, "[batch, seqlen_new, heads_kv, head_dim]");
+  expect_rank(vn, 4, "[batch, seqlen_new, heads_kv, head_dim]");
+  const bool paged = bt_arr.has_value();
+  expect_rank(kc, 4, paged ? kPool : "[batch, seqlen_cache, heads_kv, head_dim]");
+  expect_rank(vc, 4, paged ? kPool : "[batch, seqlen_cache, heads_kv, head_dim]");
+  for (int64_t i = 0; i < 3; ++i)
+    if (kn.shape[i] != vn.shape[i])
+      throw nb::value_error(("new k and v must share batch, seqlen_new and heads_kv: k " + shape_str(kn) + ", v " +
+                             shape_str(vn)).c_str());
+  if (kn.shape[2] != kc.shape[2] || kn.shape[3] != kc.shape[3] || vn.shape[3] != vc.shape[3] ||
+      kc.shape[0] != vc.shape[0] || kc.shape[1] != vc.shape[1] || kc.shape[2] != vc.shape[2])
+    throw nb::value_error(("new k/v must match the caches' heads_kv and head_dim: k " + shape_str(kn) + ", v " +
+                           shape_str(vn) + ", k_cache " + shape_str(kc) + ", v_cache " + shape_str(vc)).c_str());
+  KvAppendParams p;
+  p.batch = kn.shape[0];
+  p.seqlen_new = kn.shape[1];
+  p.heads_kv = kn.shape[2];
+  p.head_dim = kn.shape[3];
+  p.head_dim_v = vn.shape[3];
+  p.dtype = kn.dtype;
+  p.device = kn.device;
+  p.device_index = kn.device == Device::kCUDA ? kn.device_id : -1;
+  p.stream = reinterpret_cast<void*>(stream);
+  p.k_new = kn.data;
+  p.v_new = vn.data;
+  p.k_cache = kc.data;
+  p.v_cache = vc.data;
+  strides_of(kn, p.k_new_batch_stride, p.k_new_row_stride, p.k_new_head_stride);
+  strides_of(vn, p.v_new_batch_stride, p.v_new_row_stride, p.v_new_head_stride);
+  strides_of(kc, p.k_cache_batch_stride, p.k_cache_row_stride, p.k_cache_head_stride);
+  strides_of(vc, p.v_cache_batch_stride, p.v_cache_row_stride, p.v_cache_head_stride);
+  const Desc cs = describe_index("cache_seqlens", cache_seqlens_arr, 1, "[batch]");
+  expect_index_on(kn, cs);
+  if (cs.shape[0] != p.batch)
+    throw nb::value_error(("cache_seqlens must have batch = " + std::to_string(p.batch) + " entries, got " +
+                           shape_str(cs)).c_str());
+  p.cache_seqlens = static_cast<const int32_t*>(cs.data);
+  if (paged) {
+    const Desc bt = describe_index("block_table", *bt_arr, 2, "[batch, max_blocks_per_seq]");
+    expect_index_on(kn, bt);
+    if (bt.shape[0] != p.batch)
+      throw nb::value_error(("block_table must have one row per sequence (batch = " + std::to_string(p.batch) +
+                             "), got " + shape_str(bt)).c_str());
+    p.block_table = static_cast<const int32_t*>(bt.data);
+    p.block_table_batch_stride = bt.stride[0];
+    p.page_size = kc.shape[1];
+    p.num_pages = kc.shape[0];
+    p.capacity = bt.shape[1] * p.page_size;
+  } else {
+    if (kc.shape[0] < p.batch)
+      throw nb::value_error(("the KV cache holds " + std::to_string(kc.shape[0]) + " sequences but k has batch " +
+                             std::to_string(p.batch)).c_str());
+    p.capacity = kc.shape[1];
+  }
+  if (cos_arr.has_value() != sin_arr.has_value())
+    throw nb::value_error("rotary_cos and rotary_sin must be given together");
+  if (cos_arr) {
+    const Desc c = describe("rotary_cos", *cos_arr), s = describe("rotary_sin", *sin_arr);
+    for (const Desc* d : {&c, &s}) {
+      if (d->dtype != DType::kFloat32) throw nb::type_error((std::string(d->name) + " must be float32").c_str());
+      expect_rank(*d, 2, "[max_position, rotary_dim / 2]");
+      expect_index_on(kn, *d);
+      if (d->shape[1] > 1 && d->stride[1] != 1) throw nb::value_error("rotary tables must be contiguous");
+      if (d->shape[0] > 1 && d->stride[0] != d->shape[1]) throw nb::value_error("rotary tables must be contiguous");
+    }
+    if (c.shape[0] != s.shape[0] || c.shape[1] != s.shape[1])
+      throw nb::value_error(("rotary_cos " + shape_str(c) + " and rotary_sin " + shape_str(s) +
+                             " must have the same shape").c_str());
+    p.rotary_cos = static_cast<const float*>(c.data);
+    p.rotary_sin = static_cast<const float*>(s.data);
+    p.rotary_dim = 2 * c.shape[1];
+    p.rotary_max_pos = c.shape[0];
+    p.rotary_interleaved = rotary_interleaved;
+  }
+  if (q_arr) {
+    const Desc q = describe("q", *q_arr, dtype_override);
+    expect_same(kn, q);
+    expect_last_contiguous(q);
+    expect_rank(q, 4, kBSHD);
+    if (q.shape[0] != p.batch || q.shape[1] != p.seqlen_new || q.shape[3] != p.head_dim)
+      throw nb::value_error(("q to rotate must be [batch, seqlen_new, heads_q, head_dim] like k " + shape_str(kn) +
+                             ", got " + shape_str(q)).c_str());
+    p.q = q.data;
+    strides_of(q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+    p.heads_q = q.shape[2];
+  }
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = append_kv(p);
+  }
+  return status_result(st);
+}
+
 // Row softmax over the last dimension. Leading dimensions are folded into rows,
 // which needs them to be one uniformly strided run (true for any contiguous
 // array and for row-sliced views).
@@ -433,6 +821,21 @@ NB_MODULE(_C, m) {
         "out"_a.noconvert(), "lse"_a.noconvert(), "dq"_a.noconvert(), "dk"_a.noconvert(), "dv"_a.noconvert(),
         "softmax_scale"_a, "causal"_a, "window_left"_a, "window_right"_a, "softcap"_a, "deterministic"_a, "kernel"_a,
         "stream"_a, "num_threads"_a, "dtype_override"_a);
+  m.def("fwd_varlen", &fwd_varlen, "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "out"_a.noconvert(),
+        "lse"_a.noconvert().none(), "cu_seqlens_q"_a.noconvert().none(), "cu_seqlens_k"_a.noconvert().none(),
+        "seqused_k"_a.noconvert().none(), "block_table"_a.noconvert().none(), "max_seqlen_q"_a, "max_seqlen_k"_a,
+        "softmax_scale"_a, "causal"_a, "window_left"_a, "window_right"_a, "softcap"_a, "num_splits"_a, "kernel"_a,
+        "stream"_a, "num_threads"_a, "dtype_override"_a);
+  m.def("bwd_varlen", &bwd_varlen, "dout"_a.noconvert(), "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(),
+        "out"_a.noconvert(), "lse"_a.noconvert(), "dq"_a.noconvert(), "dk"_a.noconvert(), "dv"_a.noconvert(),
+        "cu_seqlens_q"_a.noconvert().none(), "cu_seqlens_k"_a.noconvert().none(), "seqused_k"_a.noconvert().none(),
+        "block_table"_a.noconvert().none(), "max_seqlen_q"_a, "max_seqlen_k"_a, "softmax_scale"_a, "causal"_a,
+        "window_left"_a, "window_right"_a, "softcap"_a, "deterministic"_a, "kernel"_a, "stream"_a, "num_threads"_a,
+        "dtype_override"_a);
+  m.def("append_kv", &append_kv_py, "k"_a.noconvert(), "v"_a.noconvert(), "k_cache"_a.noconvert(),
+        "v_cache"_a.noconvert(), "cache_seqlens"_a.noconvert(), "block_table"_a.noconvert().none(),
+        "rotary_cos"_a.noconvert().none(), "rotary_sin"_a.noconvert().none(), "rotary_interleaved"_a,
+        "q"_a.noconvert().none(), "stream"_a, "dtype_override"_a);
   m.def("softmax", &softmax_rows, "x"_a.noconvert(), "y"_a.noconvert(), "variant"_a, "stream"_a, "num_threads"_a,
         "dtype_override"_a);
   m.def("fwd_raw", &fwd_raw, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "batch"_a, "seqlen_q"_a, "seqlen_k"_a,
