@@ -247,6 +247,36 @@ nb::object fwd(const InArray& q_arr, const InArray& k_arr, const InArray& v_arr,
   return status_result(st);
 }
 
+// The gradient arrays into p -- [batch, seqlen, heads, dim], or packed
+// [total, heads, dim] (varlen: no batch stride) -- then the backward without the GIL.
+nb::object run_backward(BwdParams& p, const Desc& dout, const Desc& dq, const Desc& dk, const Desc& dv,
+                        bool deterministic) {
+  auto strides = [](const Desc& d, int64_t& bs, int64_t& rs, int64_t& hs) {
+    if (d.ndim == 3) {
+      bs = 0;
+      rs = d.stride[0];
+      hs = d.stride[1];
+    } else {
+      strides_of(d, bs, rs, hs);
+    }
+  };
+  p.dout = dout.data;
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  strides(dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride);
+  strides(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  strides(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  strides(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  p.deterministic = deterministic;
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    st = backward(p);
+  }
+  return status_result(st);
+}
+
 nb::object bwd(const InArray& dout_arr, const InArray& q_arr, const InArray& k_arr, const InArray& v_arr,
          const InArray& o_arr, const OutArray& lse_arr, const OutArray& dq_arr, const OutArray& dk_arr,
          const OutArray& dv_arr, float softmax_scale, bool causal, int64_t window_left, int64_t window_right,
@@ -266,21 +296,7 @@ nb::object bwd(const InArray& dout_arr, const InArray& q_arr, const InArray& k_a
   expect_shape(dq, {q.shape[0], q.shape[1], q.shape[2], q.shape[3]}, "(like q)");
   expect_shape(dk, {k.shape[0], k.shape[1], k.shape[2], k.shape[3]}, "(like k)");
   expect_shape(dv, {v.shape[0], v.shape[1], v.shape[2], v.shape[3]}, "(like v)");
-  p.dout = dout.data;
-  p.dq = dq.data;
-  p.dk = dk.data;
-  p.dv = dv.data;
-  strides_of(dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride);
-  strides_of(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
-  strides_of(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-  strides_of(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
-  p.deterministic = deterministic;
-  Status st;
-  {
-    nb::gil_scoped_release release;
-    st = backward(p);
-  }
-  return status_result(st);
+  return run_backward(p, dout, dq, dk, dv, deterministic);
 }
 
 // --- Variable-length batches and KV caches (include/flashattn/params.h, kvcache.h) ---
@@ -537,30 +553,7 @@ nb::object bwd_varlen(const InArray& dout_arr, const InArray& q_arr, const InArr
   like(dq, q, "q");
   like(dk, k, "k");
   like(dv, v, "v");
-  auto strides3 = [](const Desc& d, int64_t& bs, int64_t& rs, int64_t& hs) {
-    if (d.ndim == 3) {
-      bs = 0;
-      rs = d.stride[0];
-      hs = d.stride[1];
-    } else {
-      strides_of(d, bs, rs, hs);
-    }
-  };
-  p.dout = dout.data;
-  p.dq = dq.data;
-  p.dk = dk.data;
-  p.dv = dv.data;
-  strides3(dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride);
-  strides3(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
-  strides3(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-  strides3(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
-  p.deterministic = deterministic;
-  Status st;
-  {
-    nb::gil_scoped_release release;
-    st = backward(p);
-  }
-  return status_result(st);
+  return run_backward(p, dout, dq, dk, dv, deterministic);
 }
 
 // In-place KV-cache append (flashattn::append_kv), optionally with rotary on the
