@@ -23,11 +23,12 @@ namespace decode {
 // SMs * CTAs resident per SM is one wave.
 //  1. ctas >= slots: no split. The machine is full already; splitting would only
 //     add partial-O traffic and the combine.
-//  2. Else aim at kTargetWaves (2) waves: splits = ceil(2 * slots / ctas). Two
-//     waves rather than one because the CTAs do not all stream at the same rate:
-//     with twice as many, half as long, an SM whose CTA ends early takes another
-//     one instead of idling, and one CTA's prologue (first loads in flight) or
-//     epilogue (merge, partial writes) overlaps its neighbour's streaming.
+//  2. Else aim at kTargetWaves (1) wave: splits = ceil(slots / ctas). Measured on
+//     the H100 (docs/07-inference.md): B=1, 32k and 128k keys, 32 splits beat the
+//     64 of a two-wave rule by 10 % and 4 % (2283 vs 2074, 2773 vs 2667 GB/s) and
+//     128 splits lost 14-20 %: with the combine fused, each extra split costs a
+//     partial-O write and a longer merge, while the one-wave CTAs already stream
+//     at full rate.
 //  3. Every split keeps >= kMinSplitBlocks key blocks (256 keys = 64 KB of K/V
 //     at D = 128): enough to fill the cp.async pipeline a few times over, and
 //     the fp32 partial it writes (<= 8 KB per row tile) stays small against it.
@@ -36,7 +37,7 @@ namespace decode {
 //     time, with no near-empty splits and fewer partials to merge (e.g. 512
 //     blocks, 66 splits -> w = 8 -> 64 splits of exactly 8 blocks).
 // seqlen_k is the capacity: a KV cache's real lengths live on the device.
-constexpr int kTargetWaves = 2;
+constexpr int kTargetWaves = 1;
 constexpr int kMinSplitBlocks = 4;
 inline int choose_splits(int forced, int64_t ctas, int64_t seqlen_k, int sms, int ctas_per_sm) {
   if (forced > 0) return std::min(forced, kMaxSplits);
