@@ -174,6 +174,23 @@ Kernel kernel_from(int k) {
 
 constexpr const char* kBSHD = "[batch, seqlen, heads, head_dim]";
 
+// The options every forward binding passes the same way: mask, scale, softcap,
+// dtype and device (from q), stream, kernel, CPU threads.
+void set_options(FwdParams& p, const Desc& q, float softmax_scale, bool causal, int64_t window_left,
+                 int64_t window_right, float softcap, int kernel, uintptr_t stream, int num_threads) {
+  p.dtype = q.dtype;
+  p.softmax_scale = softmax_scale;
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  p.softcap = softcap;
+  p.device = q.device;
+  p.device_index = q.device == Device::kCUDA ? q.device_id : -1;
+  p.stream = reinterpret_cast<void*>(stream);
+  p.kernel = kernel_from(kernel);
+  p.num_threads = num_threads;
+}
+
 // Shared by forward and backward: q, k, v (and o) into the FwdParams fields.
 void fill_problem(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, const Desc& o, float softmax_scale,
                   bool causal, int64_t window_left, int64_t window_right, float softcap, int kernel,
@@ -206,17 +223,7 @@ void fill_problem(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, con
   p.heads_kv = k.shape[2];
   p.head_dim = q.shape[3];
   p.head_dim_v = v.shape[3];
-  p.dtype = q.dtype;
-  p.softmax_scale = softmax_scale;
-  p.causal = causal;
-  p.window_left = window_left;
-  p.window_right = window_right;
-  p.softcap = softcap;
-  p.device = q.device;
-  p.device_index = q.device == Device::kCUDA ? q.device_id : -1;
-  p.stream = reinterpret_cast<void*>(stream);
-  p.kernel = kernel_from(kernel);
-  p.num_threads = num_threads;
+  set_options(p, q, softmax_scale, causal, window_left, window_right, softcap, kernel, stream, num_threads);
 }
 
 void set_lse(FwdParams& p, const Desc& q, const std::optional<OutArray>& lse_arr) {
@@ -474,18 +481,8 @@ void fill_varlen(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, cons
   p.batch = batch;
   p.head_dim = q.shape[qd - 1];
   p.head_dim_v = v.shape[kd - 1];
-  p.dtype = q.dtype;
-  p.softmax_scale = softmax_scale;
-  p.causal = causal;
-  p.window_left = window_left;
-  p.window_right = window_right;
-  p.softcap = softcap;
   p.num_splits = num_splits;
-  p.device = q.device;
-  p.device_index = q.device == Device::kCUDA ? q.device_id : -1;
-  p.stream = reinterpret_cast<void*>(stream);
-  p.kernel = kernel_from(kernel);
-  p.num_threads = num_threads;
+  set_options(p, q, softmax_scale, causal, window_left, window_right, softcap, kernel, stream, num_threads);
 }
 
 void set_lse_varlen(FwdParams& p, const Desc& q, const std::optional<OutArray>& lse_arr, bool required) {
