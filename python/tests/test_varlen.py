@@ -70,15 +70,22 @@ def to_pages(rng, k, k_lens, page_size, extra_pages=3):
     perm = rng.permutation(num_pages).astype(np.int32)
     pool = np.full((num_pages, page_size) + k.shape[1:], 1e4, k.dtype)  # poison: a wrong page shows
     table = np.full((len(k_lens), max_blocks), -1, np.int32)
-    start, nxt = 0, 0
-    for b, n in enumerate(k_lens):
-        for j in range(blocks[b]):
-            table[b, j] = perm[nxt]
-            nxt += 1
-        for t in range(n):
-            pool[table[b, t // page_size], t % page_size] = k[start + t]
-        start += n
+    nxt = 0
+    for b in range(len(k_lens)):
+        table[b, :blocks[b]] = perm[nxt:nxt + blocks[b]]
+        nxt += blocks[b]
+    scatter_pages(pool, table, k, k_lens)
     return pool, table
+
+
+def scatter_pages(pool, table, x, k_lens):
+    """Write packed rows x [total_k, h, d] into pool at the pages the block table gives (in place)."""
+    page_size, start = pool.shape[1], 0
+    for b, n in enumerate(k_lens):
+        for t in range(n):
+            pool[table[b, t // page_size], t % page_size] = x[start + t]
+        start += n
+    return pool
 
 
 # --- varlen forward --------------------------------------------------------------
@@ -125,12 +132,7 @@ def test_varlen_paged(rng, page_size):
     q = packed(rng, q_lens, 4, 32, np.float32)
     k, v = packed(rng, k_lens, 2, 32, np.float32), packed(rng, k_lens, 2, 32, np.float32)
     kp, table = to_pages(rng, k, k_lens, page_size)
-    vp = np.full_like(kp, 1e4)
-    start = 0
-    for b, n in enumerate(k_lens):
-        for t in range(n):
-            vp[table[b, t // page_size], t % page_size] = v[start + t]
-        start += n
+    vp = scatter_pages(np.full_like(kp, 1e4), table, v, k_lens)
     out, lse = flashattn.flash_attn_varlen_func(q, kp, vp, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens),
                                                 causal=True, block_table=table, return_lse=True)
     check_out_lse(out, lse, *ref_varlen(q, k, v, q_lens, k_lens, max(q_lens), causal=True), q_lens, "float32")
@@ -406,12 +408,7 @@ def test_torch_cpu_varlen_paged_autograd(rng):
     q_lens, k_lens, page_size = [3, 5], [7, 12], 5
     q, k, v = (packed(rng, n, h, 16, np.float32) for n, h in ((q_lens, 4), (k_lens, 2), (k_lens, 2)))
     kp, table = to_pages(rng, k, k_lens, page_size)
-    vp = np.zeros_like(kp)
-    start = 0
-    for b, n in enumerate(k_lens):
-        for t in range(n):
-            vp[table[b, t // page_size], t % page_size] = v[start + t]
-        start += n
+    vp = scatter_pages(np.zeros_like(kp), table, v, k_lens)
     dout = rng.standard_normal(q.shape).astype(np.float32)
     tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, kp, vp))
     out = flashattn.flash_attn_varlen_func(tq, tk, tv, torch.tensor(cu(q_lens)), torch.tensor(cu(k_lens)), 5, 12,
@@ -492,12 +489,7 @@ def test_cuda_varlen_paged_decode(rng, page_size):
     q = packed(rng, q_lens, 16, 128, np.float16)
     k, v = packed(rng, k_lens, 4, 128, np.float16), packed(rng, k_lens, 4, 128, np.float16)
     kp, table = to_pages(rng, k, k_lens, page_size)
-    vp = np.zeros_like(kp)
-    start = 0
-    for b, n in enumerate(k_lens):
-        for t in range(n):
-            vp[table[b, t // page_size], t % page_size] = v[start + t]
-        start += n
+    vp = scatter_pages(np.zeros_like(kp), table, v, k_lens)
     kp[kp == 1e4] = 0  # the poison does not fit fp16 comfortably; unused rows are not read anyway
     c = lambda x: torch.tensor(x, device="cuda")  # noqa: E731
     out, lse = flashattn.flash_attn_varlen_func(c(q), c(kp), c(vp), c(cu(q_lens)), c(cu(k_lens)), 2, 500,
