@@ -194,9 +194,10 @@ struct Consumer {
             turn_end(p, wg);
             wgmma_wait<0>();
             fence_regs(sc);
-            if (n_begin == n_end - 1) {
-              __syncwarp();
-              if (lane == 0) mbar_arrive(&s.q_empty);
+            __syncwarp();
+            if (lane == 0) {
+              mbar_arrive(&s.k_empty[stage]);
+              if (n_begin == n_end - 1) mbar_arrive(&s.q_empty);
             }
             score_mod(p, bm, sc, m_block, n_begin, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
@@ -218,16 +219,17 @@ struct Consumer {
             turn_end(p, wg);
             wgmma_wait<1>();  // S_n is done, O += P V may still run
             fence_regs(sc);
-            if (n == n_end - 1) {
-              __syncwarp();
-              if (lane == 0) mbar_arrive(&s.q_empty);
+            __syncwarp();
+            if (lane == 0) {
+              mbar_arrive(&s.k_empty[stage]);
+              if (n == n_end - 1) mbar_arrive(&s.q_empty);
             }
             score_mod(p, bm, sc, m_block, n, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
             wgmma_wait<0>();
             fence_regs(o);
             __syncwarp();
-            if (lane == 0) mbar_arrive(&s.kv_empty[prev_stage]);
+            if (lane == 0) mbar_arrive(&s.v_empty[prev_stage]);
             rescale_o(o, corr);
             pack_p(sc, pa);
             prev_stage = stage;
@@ -244,7 +246,7 @@ struct Consumer {
           wgmma_wait<0>();
           fence_regs(o);
           __syncwarp();
-          if (lane == 0) mbar_arrive(&s.kv_empty[prev_stage]);
+          if (lane == 0) mbar_arrive(&s.v_empty[prev_stage]);
         }
       } else {
         for (int n = n_begin; n < n_end; ++n) {
@@ -253,9 +255,10 @@ struct Consumer {
           issue_s(s, sc, wg, stage);
           wgmma_wait<0>();
           fence_regs(sc);
-          if (n == n_end - 1) {  // last use of Q in this tile
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&s.q_empty);
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(&s.k_empty[stage]);
+            if (n == n_end - 1) mbar_arrive(&s.q_empty);  // last use of Q in this tile
           }
           score_mod(p, bm, sc, m_block, n, row0, lane);
           softmax(sc, row_max, row_sum, corr, sl2);
@@ -267,7 +270,7 @@ struct Consumer {
           wgmma_wait<0>();
           fence_regs(o);
           __syncwarp();
-          if (lane == 0) mbar_arrive(&s.kv_empty[stage]);
+          if (lane == 0) mbar_arrive(&s.v_empty[stage]);
           if (++stage == Tr::kStages) {
             stage = 0;
             phase ^= 1;

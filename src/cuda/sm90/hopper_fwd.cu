@@ -117,7 +117,7 @@ Status run(const FwdParams& p) {
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, overlap, no_persistent, pingpong. Unset in normal use.
+  // of no_overlap, overlap, no_persistent, pingpong, stages3. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -126,6 +126,7 @@ Status run(const FwdParams& p) {
   // faster on the H100 at every N (+1-5 % at 8k, +9-16 % at 512; docs/06-hopper.md).
   a.no_overlap = has("no_overlap") || (D == 128 && !has("overlap"));
   k.pingpong = has("pingpong");
+  a.stages3 = has("stages3");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
   return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);

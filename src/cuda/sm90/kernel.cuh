@@ -30,7 +30,8 @@ __global__ void __launch_bounds__(kNumThreads, 1)
     for (int i = 0; i < Tr::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
-      mbar_init(&s.kv_empty[i], kConsumerWarps);
+      mbar_init(&s.k_empty[i], kConsumerWarps);
+      mbar_init(&s.v_empty[i], kConsumerWarps);
     }
     fence_barrier_init();
   }
@@ -61,15 +62,23 @@ Status launch_variant(const LaunchArgs& a) {
   return Status::Ok();
 }
 
-template <int kHeadDim, bool kBF16>
-Status launch_hopper_fwd(const LaunchArgs& a) {
-  using Tr = Traits<kHeadDim, kBF16>;
+template <class Tr>
+Status launch_traits(const LaunchArgs& a) {
+  static_assert(smem_bytes<Tr>() <= 227 * 1024, "shared storage exceeds the 227 KB opt-in limit");
   // hdim 256: O alone is 128 registers; with a second S in flight ptxas spills
   // in the main loop, so 256 runs without the intra-warpgroup overlap.
-  if constexpr (kHeadDim <= 128) {
+  if constexpr (Tr::kHeadDim <= 128) {
     if (!a.no_overlap) return launch_variant<Tr, true>(a);
   }
   return launch_variant<Tr, false>(a);
+}
+
+template <int kHeadDim, bool kBF16>
+Status launch_hopper_fwd(const LaunchArgs& a) {
+  if constexpr (kHeadDim == 128) {
+    if (a.stages3) return launch_traits<Traits<kHeadDim, kBF16, 3>>(a);
+  }
+  return launch_traits<Traits<kHeadDim, kBF16>>(a);
 }
 
 }}}  // namespace flashattn::cuda::sm90

@@ -36,7 +36,8 @@ struct LaunchArgs {
   KernelParams params;
   int grid = 0;
   cudaStream_t stream = nullptr;
-  bool no_overlap = false;  // experiment switch (FLASHATTN_HOPPER_VARIANT), see hopper_fwd.cu
+  bool no_overlap = false;  // experiment switches (FLASHATTN_HOPPER_VARIANT), see hopper_fwd.cu
+  bool stages3 = false;     // head dim 128: 3 K/V stages instead of 2
 };
 template <int kHeadDim, bool kBF16> Status launch_hopper_fwd(const LaunchArgs& a);
 

@@ -1,7 +1,8 @@
 // The load pipeline (producer warp): one thread issues every TMA copy.
 // Q once per tile (after the consumers released the previous Q), then K and V of
-// each visited KV block into a ring of kStages buffers guarded by full/empty
-// mbarriers. The copies' byte counts complete the full barriers (expect_tx).
+// each visited KV block into rings of kStages buffers guarded by full/empty
+// mbarriers (K and V released separately, see traits.cuh). The copies' byte
+// counts complete the full barriers (expect_tx).
 #pragma once
 
 #include "cuda/sm90/block_mask.cuh"
@@ -11,13 +12,44 @@
 
 namespace flashattn { namespace cuda { namespace sm90 {
 
+// One ring position per KV block; K and V keep their own (stage, phase) because
+// K is issued one block ahead of V.
+struct RingPos {
+  int stage = 0;
+  uint32_t phase = 0;
+  template <int kStages>
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
 template <class Tr>
 __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const KernelParams& p, const void* tm_q,
                                               const void* tm_k, const void* tm_v) {
   const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{p.mask};
-  int stage = 0;
-  uint32_t phase = 0;
+  RingPos kpos, vpos;
   uint32_t tile_iter = 0;
+  auto load_k = [&](int n, int head_kv, int b) {
+    mbar_wait(&s.k_empty[kpos.stage], kpos.phase ^ 1);
+    mbar_arrive_expect_tx(&s.k_full[kpos.stage], Tr::kKBytes);
+#pragma unroll
+    for (int c = 0; c < Tr::kChunks; ++c)
+      tma_load_4d(s.k[kpos.stage] + c * Tr::kBlockN * 128, tm_k, &s.k_full[kpos.stage], c * 64, n * Tr::kBlockN,
+                  head_kv, b);
+    kpos.advance<Tr::kStages>();
+  };
+  auto load_v = [&](int n, int head_kv, int b) {
+    mbar_wait(&s.v_empty[vpos.stage], vpos.phase ^ 1);
+    mbar_arrive_expect_tx(&s.v_full[vpos.stage], Tr::kVBytes);
+#pragma unroll
+    for (int c = 0; c < Tr::kChunks; ++c)
+      tma_load_4d(s.v[vpos.stage] + c * Tr::kBlockN * 128, tm_v, &s.v_full[vpos.stage], c * 64, n * Tr::kBlockN,
+                  head_kv, b);
+    vpos.advance<Tr::kStages>();
+  };
   for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
     int m_block, head, b;
     p.sched.decode(t, m_block, head, b);
@@ -30,20 +62,12 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
       tma_load_4d(s.q + c * Tr::kBlockM * 128, tm_q, &s.q_full, c * 64, m_block * Tr::kBlockM, head, b);
+    // K_{n+1} before V_n: the consumers need K_{n+1} (for S_{n+1}) before they
+    // need V_n (for O += P_n V_n, issued after S_{n+1} in the overlapped loop).
+    if (n_begin < n_end) load_k(n_begin, head_kv, b);
     for (int n = n_begin; n < n_end; ++n) {
-      mbar_wait(&s.kv_empty[stage], phase ^ 1);
-      mbar_arrive_expect_tx(&s.k_full[stage], Tr::kKBytes);
-#pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c)
-        tma_load_4d(s.k[stage] + c * Tr::kBlockN * 128, tm_k, &s.k_full[stage], c * 64, n * Tr::kBlockN, head_kv, b);
-      mbar_arrive_expect_tx(&s.v_full[stage], Tr::kVBytes);
-#pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c)
-        tma_load_4d(s.v[stage] + c * Tr::kBlockN * 128, tm_v, &s.v_full[stage], c * 64, n * Tr::kBlockN, head_kv, b);
-      if (++stage == Tr::kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
+      if (n + 1 < n_end) load_k(n + 1, head_kv, b);
+      load_v(n, head_kv, b);
     }
   }
 }

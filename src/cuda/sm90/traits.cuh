@@ -10,7 +10,8 @@ namespace flashattn { namespace cuda { namespace sm90 {
 constexpr int kNumThreads = 384;
 constexpr int kConsumerWarps = 8;
 
-template <int kHeadDim_, bool kBF16_>
+// kStagesD128: K/V ring depth for head dim 128 (2 or 3; 3 just fits in 227 KB).
+template <int kHeadDim_, bool kBF16_, int kStagesD128 = 2>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;  // padded head dim: 64, 128 or 256
   static constexpr bool kBF16 = kBF16_;
@@ -18,7 +19,7 @@ struct Traits {
   // Keys per block. 256 needs a narrower block to fit two K/V stages + Q in
   // 227 KB of smem and S (40 regs) + O (128 regs) in 240 registers.
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80;
-  static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;
+  static constexpr int kStages = kHeadDim <= 64 ? 4 : kHeadDim <= 128 ? kStagesD128 : 2;
   // A tile row of head_dim is stored as kChunks column chunks of 64 elements
   // (128 bytes = one 128B-swizzle atom row); chunk c of a tile with R rows
   // starts at c * R * 128 bytes. TMA writes one chunk per copy.
@@ -38,7 +39,10 @@ struct SharedStorage {
   uint64_t q_empty;                  // consumers are done with Q (8 warp arrivals)
   uint64_t k_full[Tr::kStages];      // TMA of K landed
   uint64_t v_full[Tr::kStages];      // TMA of V landed
-  uint64_t kv_empty[Tr::kStages];    // consumers are done with K and V of the stage
+  // K and V of a stage are released separately: K as soon as S = Q K^T is done,
+  // V after O += P V, so the next K load starts half an iteration earlier.
+  uint64_t k_empty[Tr::kStages];     // consumers are done with K of the stage (8 warp arrivals)
+  uint64_t v_empty[Tr::kStages];     // consumers are done with V of the stage
 };
 
 // +1024: the dynamic smem base is only 16-byte aligned; the kernel rounds it up.
