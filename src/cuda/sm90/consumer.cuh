@@ -56,15 +56,29 @@ struct Consumer {
       for (int i = 0; i < BN / 2; ++i) sc[i] = fast_tanh(sc[i] * p.softcap_in);
     }
     if (bm.partial(m_block, n)) {
+      // Per row, the visible keys are one interval [key_begin, key_end) (mask.h);
+      // shift it into this block's columns once, then one compare pair per element.
+      const int64_t col0 = static_cast<int64_t>(n) * BN + 2 * (lane % 4);
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j)
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = row0 + 8 * r;
+        const int lo = clamp_col(bm.mask.key_begin(row) - col0);
+        const int hi = clamp_col(bm.mask.key_end(row) - col0);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t row = row0 + 8 * (e / 2);
-          const int64_t col = static_cast<int64_t>(n) * BN + 8 * j + 2 * (lane % 4) + (e % 2);
-          if (!bm.visible(row, col)) sc[4 * j + e] = -INFINITY;
-        }
+        for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * j + e;
+            if (c < lo || c >= hi) sc[4 * j + 2 * r + e] = -INFINITY;
+          }
+      }
     }
+  }
+
+  // A key offset relative to a block, clamped to [-1, BN] so it fits an int and
+  // compares the same against the block's columns 0..BN-1.
+  static __device__ __forceinline__ int clamp_col(int64_t c) {
+    return static_cast<int>(c < -1 ? -1 : (c > BN ? BN : c));
   }
 
   // Online softmax (online_softmax.h, equations (3)-(4)) on the thread's two

@@ -6,8 +6,10 @@ many operands to spell by hand, so they are generated:
     python3 src/cuda/sm90/gen_wgmma.py > src/cuda/sm90/wgmma.cuh
 ss(): A and B from shared memory (descriptors), both K-major    (S = Q K^T)
 rs(): A from registers (4 x b32), B from shared memory, MN-major (O += P V)
+ss_tA(): A and B from shared memory, both MN-major (the backward's dQ = dS K,
+         dS stored as dS^T: query rows contiguous)
 """
-NS = [64, 80, 128, 256]
+NS = [64, 80, 128, 176, 256]
 TYPES = [("false", "f16"), ("true", "bf16")]
 
 out = []
@@ -46,6 +48,15 @@ for bf, ty in TYPES:
         out.append('        "wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {%s}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 1;\\n}\\n"' % (n, ty, ty, dl, a0, a0 + 1, a0 + 2, a0 + 3, b))
         out.append("        : %s" % dcons)
         out.append('        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));')
+        out.append("  }")
+        # SS, A and B transposed (MN-major)
+        a, b, s = nreg, nreg + 1, nreg + 2
+        out.append("  __device__ __forceinline__ static void ss_tA(float (&d)[%d], uint64_t desc_a, uint64_t desc_b, int scale_d) {" % nreg)
+        out.append("    asm volatile(")
+        out.append('        "{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n"' % s)
+        out.append('        "wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {%s}, %%%d, %%%d, p, 1, 1, 1, 1;\\n}\\n"' % (n, ty, ty, dl, a, b))
+        out.append("        : %s" % dcons)
+        out.append('        : "l"(desc_a), "l"(desc_b), "r"(scale_d));')
         out.append("  }")
         out.append("};")
 out.append("")

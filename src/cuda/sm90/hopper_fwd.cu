@@ -77,14 +77,26 @@ template <int D>
 Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
+  // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
+  // of no_overlap, no_pingpong, no_persistent, stages3, bn176. Unset in normal use.
+  const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
+  const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
+  auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
+  const bool no_persistent = has("no_persistent");
+  // Head dims <= 128 run the intra-warpgroup overlap and the ping-pong of the two
+  // consumer warpgroups (head dim 256 has no registers for the overlap).
+  a.no_overlap = has("no_overlap");
+  a.stages3 = has("stages3");
+  a.block_n = D == 128 && has("bn176") ? 176 : Tr::kBlockN;
+
   Status st = make_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
                        p.q_head_stride, p.q_batch_stride, Tr::kBlockM);
   if (!st.ok()) return st;
   st = make_map(&a.tm_k, "k", p.k, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
-                p.k_head_stride, p.k_batch_stride, Tr::kBlockN);
+                p.k_head_stride, p.k_batch_stride, a.block_n);
   if (!st.ok()) return st;
   st = make_map(&a.tm_v, "v", p.v, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
-                p.v_head_stride, p.v_batch_stride, Tr::kBlockN);
+                p.v_head_stride, p.v_batch_stride, a.block_n);
   if (!st.ok()) return st;
 
   KernelParams& k = a.params;
@@ -116,17 +128,7 @@ Status run(const FwdParams& p) {
   int device = 0, sms = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, overlap, no_persistent, pingpong, stages3. Unset in normal use.
-  const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
-  const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
-  auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
-  const bool no_persistent = has("no_persistent");
-  // Head dim 128 runs without the intra-warpgroup overlap by default: measured
-  // faster on the H100 at every N (+1-5 % at 8k, +9-16 % at 512; docs/06-hopper.md).
-  a.no_overlap = has("no_overlap") || (D == 128 && !has("overlap"));
-  k.pingpong = has("pingpong");
-  a.stages3 = has("stages3");
+  k.pingpong = !has("no_pingpong");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
   return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);

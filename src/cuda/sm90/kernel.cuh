@@ -76,6 +76,7 @@ Status launch_traits(const LaunchArgs& a) {
 template <int kHeadDim, bool kBF16>
 Status launch_hopper_fwd(const LaunchArgs& a) {
   if constexpr (kHeadDim == 128) {
+    if (a.block_n == 176) return launch_traits<Traits<kHeadDim, kBF16, 2, 176>>(a);
     if (a.stages3) return launch_traits<Traits<kHeadDim, kBF16, 3>>(a);
   }
   return launch_traits<Traits<kHeadDim, kBF16>>(a);
