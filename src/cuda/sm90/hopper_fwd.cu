@@ -78,7 +78,7 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, stages3, bn176. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, stages3, bn176, overlap_d256. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -87,6 +87,7 @@ Status run(const FwdParams& p) {
   // consumer warpgroups (head dim 256 has no registers for the overlap).
   a.no_overlap = has("no_overlap");
   a.stages3 = has("stages3");
+  a.overlap_d256 = has("overlap_d256");
   a.block_n = D == 128 && has("bn176") ? 176 : Tr::kBlockN;
 
   Status st = make_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,

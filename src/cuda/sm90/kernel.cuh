@@ -69,6 +69,8 @@ Status launch_traits(const LaunchArgs& a) {
   // in the main loop, so 256 runs without the intra-warpgroup overlap.
   if constexpr (Tr::kHeadDim <= 128) {
     if (!a.no_overlap) return launch_variant<Tr, true>(a);
+  } else {
+    if (a.overlap_d256) return launch_variant<Tr, true>(a);  // experiment: 16 B of spills
   }
   return launch_variant<Tr, false>(a);
 }
