@@ -136,7 +136,7 @@ class RandomPool {
 
 // Times fn(set) with CUDA events on the legacy default stream (the stream the
 // library runs on when params.stream is null): one timed warm-up call (a
-// refusal ends here), two more warm-ups, then `reps` calls (>= 20; 3 for a rung
+// refusal ends here), ~200 ms more warm-up, then `reps` calls (>= 20; 3 for a rung
 // slower than 250 ms; none past 1 s: the first call is then the sample), median.
 void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>& fn) {
   cudaEvent_t e0, e1;
@@ -173,11 +173,16 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
     int reps = min_reps;
     if (first > 250.0f) reps = 3;
     else if (first * reps < 400.0f) reps = std::min(100, std::max(reps, static_cast<int>(400.0f / std::max(first, 1e-3f))));
-    if (first <= 250.0f)
-      for (int i = 1; i <= 2; ++i) {
+    // Sustained warm-up (~200 ms of back-to-back calls, 2..200 of them) so every
+    // row, ours and torch's (bench/torch_sdpa.py does the same), is timed with
+    // the clocks settled under load rather than ramping up from idle.
+    if (first <= 250.0f) {
+      const int warm = std::min(200, std::max(2, static_cast<int>(200.0f / std::max(first, 1e-3f))));
+      for (int i = 1; i <= warm; ++i) {
         st = fn(i % sets);
         if (!st.ok()) break;
       }
+    }
     starts.resize(reps), stops.resize(reps);
     for (int i = 0; i < reps; ++i) {
       BENCH_CUDA(cudaEventCreate(&starts[i]));

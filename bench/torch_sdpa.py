@@ -59,8 +59,17 @@ def main():
     import contextlib
 
     def time_fn(fn, device, reps, sets):
-        """Median ms of fn(i % sets) after warm-up."""
-        for i in range(3):
+        """Median ms of fn(i % sets) after warm-up: on CUDA ~200 ms of back-to-back
+        calls (2..200, as bench_gpu.cpp's time_gpu does), so the clocks have settled."""
+        warm = 3
+        if device == "cuda":
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(0)
+            torch.cuda.synchronize()
+            first_ms = (time.perf_counter() - t0) * 1e3
+            warm = min(200, max(2, int(200.0 / max(first_ms, 1e-3))))
+        for i in range(warm):
             fn(i % sets)
         if device == "cuda":
             torch.cuda.synchronize()
