@@ -169,12 +169,26 @@ Status backward(const BwdParams& p) {
     return Status::Unsupported("no CUDA backward for varlen / KV-cache requests (cu_seqlens, seqused_k, "
                                "block_table) yet; the CPU reference backward handles them");
   switch (p.kernel) {
-    case Kernel::kAuto:
     case Kernel::kFA2:
+      return fa2_backward(p);
+    case Kernel::kHopper:
+#if FLASHATTN_HAS_SM90
+      if (hopper_available(device)) return hopper_backward(p);
+#endif
+      return Status::Unsupported("the hopper kernel needs an sm_90 GPU and a build with 90a in FLASHATTN_CUDA_ARCHS");
+    case Kernel::kAuto:
+      // The Hopper backward where it runs and supports the request (not
+      // deterministic, head dim <= 128, fp16/bf16), else FA2.
+#if FLASHATTN_HAS_SM90
+      if (!p.deterministic && p.dtype != DType::kFloat32 && hopper_available(device)) {
+        const Status hst = hopper_backward(p);
+        if (hst.code != StatusCode::kUnsupported) return hst;
+      }
+#endif
       return fa2_backward(p);
     default:
       return Status::Unsupported(std::string("no CUDA backward for kernel ") + kernel_name(p.kernel) +
-                                 "; use auto or fa2");
+                                 "; use auto, fa2 or hopper");
   }
 }
 

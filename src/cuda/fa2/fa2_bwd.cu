@@ -67,44 +67,7 @@ Status fa2_backward(const BwdParams& p) {
     return Status::Unsupported("the fa2 backward has no kernel for head_dim " + std::to_string(p.head_dim) +
                                " in this build: add a head dim >= it to FLASHATTN_HEADDIMS (64;96;128;192;256)");
 
-  const Mask mask = make_mask(p);
-  KernelParams k{};
-  k.q = p.q;
-  k.k = p.k;
-  k.v = p.v;
-  k.o = p.o;
-  k.dout = p.dout;
-  k.dq = p.dq;
-  k.dk = p.dk;
-  k.dv = p.dv;
-  k.lse = p.lse;
-  k.q_batch_stride = p.q_batch_stride, k.q_row_stride = p.q_row_stride, k.q_head_stride = p.q_head_stride;
-  k.k_batch_stride = p.k_batch_stride, k.k_row_stride = p.k_row_stride, k.k_head_stride = p.k_head_stride;
-  k.v_batch_stride = p.v_batch_stride, k.v_row_stride = p.v_row_stride, k.v_head_stride = p.v_head_stride;
-  k.o_batch_stride = p.o_batch_stride, k.o_row_stride = p.o_row_stride, k.o_head_stride = p.o_head_stride;
-  k.do_batch_stride = p.dout_batch_stride, k.do_row_stride = p.dout_row_stride;
-  k.do_head_stride = p.dout_head_stride;
-  k.dq_batch_stride = p.dq_batch_stride, k.dq_row_stride = p.dq_row_stride, k.dq_head_stride = p.dq_head_stride;
-  k.dk_batch_stride = p.dk_batch_stride, k.dk_row_stride = p.dk_row_stride, k.dk_head_stride = p.dk_head_stride;
-  k.dv_batch_stride = p.dv_batch_stride, k.dv_row_stride = p.dv_row_stride, k.dv_head_stride = p.dv_head_stride;
-  k.batch = p.batch;
-  k.seqlen_q = p.seqlen_q;
-  k.seqlen_k = p.seqlen_k;
-  k.heads_q = p.heads_q;
-  k.heads_kv = p.heads_kv;
-  k.group = p.heads_q / p.heads_kv;
-  k.head_dim = p.head_dim;
-  k.head_dim_pad = head_dim_pad;
-  k.num_m_blocks = (p.seqlen_q + fa2bwd::kBlockM - 1) / fa2bwd::kBlockM;
-  k.seqlen_q_pad = k.num_m_blocks * fa2bwd::kBlockM;
-  k.window_left = mask.window_left;
-  k.window_right = mask.window_right;
-  k.scale = effective_scale(p);
-  k.scale_log2 = k.scale * fa2bwd::kLog2e;
-  k.softcap = p.softcap;
-  k.softcap_in = p.softcap > 0.0f ? k.scale / p.softcap : 0.0f;
-  k.softcap_log2 = p.softcap * fa2bwd::kLog2e;
-  k.deterministic = p.deterministic;
+  KernelParams k = fa2bwd::make_params(p, head_dim_pad);
 
   // Workspace: D, the fp32 dQ accumulator and (deterministic) the per-Q-block semaphores.
   const int64_t split = fa2bwd::bwd_split(static_cast<int>(head_dim_pad));

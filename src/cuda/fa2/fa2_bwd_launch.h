@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "flashattn/params.h"
 #include "flashattn/status.h"
 
 namespace flashattn {
@@ -69,6 +70,18 @@ struct KernelParams {
 
 template <typename T, int kD>
 Status launch(const KernelParams& p, cudaStream_t stream);
+
+// Shared with other main kernels (the Hopper backward, sm90/hopper_bwd.cu),
+// which reuse the params, the workspace layout and the first and last kernels
+// (fa2_bwd_steps.cu). make_params: everything but the workspace pointers and
+// num_n_blocks, for an instantiated head dim head_dim_pad (the dq_accum row).
+// launch_preprocess: D = rowsum(dO * O) into p.delta; launch_convert_dq:
+// dq = scale * dq_accum in the dtype. T = __half or __nv_bfloat16.
+KernelParams make_params(const BwdParams& p, int64_t head_dim_pad);
+template <typename T>
+Status launch_preprocess(const KernelParams& p, cudaStream_t stream);
+template <typename T>
+Status launch_convert_dq(const KernelParams& p, cudaStream_t stream);
 
 }  // namespace fa2bwd
 }  // namespace cuda
