@@ -1,0 +1,356 @@
+// The Hopper backward (Kernel::kHopper: wgmma + TMA, sm90/bwd_kernel.cuh)
+// against the float64 oracle, and kAuto (which tries it first on an H100).
+//
+// O and LSE come from the CPU oracle (rounded into the dtype), so these tests
+// don't depend on any GPU forward. Outputs are poisoned with NaN before every
+// call; inputs are fresh random normals. Tolerance as in test_bwd_gpu.cpp:
+// err(kernel) <= 2 * err(lowprec) + floor, floor = tolerance_floor(dtype) *
+// max(1, sqrt(max(seqlen_q, seqlen_k) / 64)).
+//
+// Skips when there is no GPU, the GPU is not sm_90, or this build has no Hopper
+// backward for the head dim; any other refusal on an sm_90 GPU fails.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "test_util.h"
+
+namespace flashattn {
+namespace testing {
+namespace {
+
+bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
+// "Not this build / not this GPU" (skip), as opposed to a bug.
+bool is_build_refusal(const Status& st) {
+  return st.code == StatusCode::kUnsupported && (st.message.find("no kernel compiled") != std::string::npos ||
+                                                 st.message.find("needs an sm_90") != std::string::npos);
+}
+
+#define HOPPER_BWD_SKIP_UNLESS_SM90()                    \
+  do {                                                   \
+    FLASHATTN_SKIP_WITHOUT_GPU();                        \
+    if (!is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";  \
+  } while (0)
+
+double bwd_floor(const Shape& s) {
+  const double n = static_cast<double>(std::max(s.seqlen_q, s.seqlen_k));
+  return tolerance_floor(s.dtype) * std::max(1.0, std::sqrt(n / 64.0));
+}
+
+// Fills o and lse of the host problem with the oracle's forward (rounded to the dtype).
+void host_forward(Problem& pb) {
+  FwdParams f = pb.params;
+  f.kernel = Kernel::kReference;
+  f.device = Device::kCPU;
+  Status st = forward(f);
+  ASSERT_TRUE(st.ok()) << st.message;
+}
+
+// Runs the GPU backward with `kernel` on a problem whose o/lse are filled and
+// copies dq/dk/dv back. Returns the status (outputs copied only when ok).
+Status run_gpu_backward(Problem& pb, Kernel kernel, bool deterministic = false) {
+  GpuProblem g(pb, /*with_backward=*/true);
+  EXPECT_TRUE(g.ok());
+  EXPECT_EQ(g.o.upload(pb.o.data(), pb.o.bytes.size()), cudaSuccess);
+  EXPECT_EQ(g.lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)), cudaSuccess);
+  BwdParams p = g.params;
+  p.kernel = kernel;
+  p.deterministic = deterministic;
+  const Status st = backward(p);
+  if (st.ok()) EXPECT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
+  return st;
+}
+
+struct Oracle {
+  cpu::RefBackward ref;
+  LowPrecBackward low;
+};
+Oracle oracle(const Problem& pb) { return {cpu::reference_backward_f64(pb.params), lowprec_backward(pb.params)}; }
+
+void check_against_oracle(const Problem& pb, const std::string& what, const Oracle& o) {
+  const auto& ref = o.ref;
+  const auto& low = o.low;
+  const double floor = bwd_floor(pb.shape);
+  const double e_dq = max_abs_diff(ref.dq, pb.dq), e_dk = max_abs_diff(ref.dk, pb.dk),
+               e_dv = max_abs_diff(ref.dv, pb.dv);
+  const double l_dq = max_abs_diff(ref.dq, low.dq), l_dk = max_abs_diff(ref.dk, low.dk),
+               l_dv = max_abs_diff(ref.dv, low.dv);
+  EXPECT_LE(e_dq, 2 * l_dq + floor) << what << " dq (lowprec " << l_dq << ")";
+  EXPECT_LE(e_dk, 2 * l_dk + floor) << what << " dk (lowprec " << l_dk << ")";
+  EXPECT_LE(e_dv, 2 * l_dv + floor) << what << " dv (lowprec " << l_dv << ")";
+  printf("  %-60s dq %.2e/%.2e dk %.2e/%.2e dv %.2e/%.2e\n", what.c_str(), e_dq, 2 * l_dq + floor, e_dk,
+         2 * l_dk + floor, e_dv, 2 * l_dv + floor);
+}
+void check_against_oracle(const Problem& pb, const std::string& what) { check_against_oracle(pb, what, oracle(pb)); }
+
+// One case with kHopper: skips on a build refusal, fails on any other error.
+void run_case(const Shape& s, uint64_t seed) {
+  Problem pb(s, seed);
+  host_forward(pb);
+  const Status st = run_gpu_backward(pb, Kernel::kHopper);
+  if (is_build_refusal(st)) {
+    printf("  %-60s skipped: %s\n", s.name().c_str(), st.message.c_str());
+    return;
+  }
+  ASSERT_TRUE(st.ok()) << s.name() << ": " << st.message;
+  check_against_oracle(pb, s.name());
+}
+
+// Every (seqlen pair, head dim) once, with heads, mask mode, dtype and batch
+// rotating through their values. Head dims 40/96/120 run padded (64 / 128).
+TEST(HopperBwd, Grid) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  const std::pair<int64_t, int64_t> seqs[] = {{1, 1},     {1, 300},   {63, 65},  {65, 63},  {127, 128},
+                                              {128, 127}, {129, 257}, {257, 129}, {300, 300}, {128, 1}};
+  const int64_t dims[] = {64, 128, 40, 96, 120};
+  const std::pair<int64_t, int64_t> heads[] = {{4, 4}, {8, 2}, {4, 1}};
+  int idx = 0;
+  for (auto [sq, sk] : seqs)
+    for (int64_t d : dims) {
+      Shape s;
+      s.batch = idx % 3 == 0 ? 2 : 1;
+      s.seqlen_q = sq;
+      s.seqlen_k = sk;
+      s.heads_q = heads[idx % 3].first;
+      s.heads_kv = heads[idx % 3].second;
+      s.head_dim = d;
+      s.dtype = (idx / 2) % 2 ? DType::kFloat16 : DType::kBFloat16;
+      const int mode = (idx + idx / 5) % 5;  // rotates independently of the head dim
+      if (mode == 1) s.causal = true;
+      if (mode == 2) s.window_left = 40, s.window_right = 7;
+      if (mode == 3) s.softcap = 2.0f;
+      if (mode == 4) s.causal = true, s.window_left = 50;
+      SCOPED_TRACE(s.name());
+      run_case(s, 1000 + idx);
+      ++idx;
+    }
+}
+
+// Masks at the key-block boundaries (128 keys per CTA, 64-row Q blocks).
+TEST(HopperBwd, Masks) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  const std::pair<int64_t, int64_t> windows[] = {{-1, 0}, {64, 0}, {32, 32}, {-1, 16}, {100, -1}, {0, 0}, {127, 1}};
+  int idx = 0;
+  for (auto [wl, wr] : windows)
+    for (int64_t d : {64, 128}) {
+      Shape s;
+      s.batch = 1;
+      s.seqlen_q = 200;
+      s.seqlen_k = 333;
+      s.heads_q = 2;
+      s.heads_kv = 1;
+      s.head_dim = d;
+      s.window_left = wl;
+      s.window_right = wr;
+      s.dtype = idx % 2 ? DType::kFloat16 : DType::kBFloat16;
+      SCOPED_TRACE(s.name());
+      run_case(s, 2000 + idx++);
+    }
+}
+
+// Rows with no visible key (causal with seqlen_q > seqlen_k, a window that
+// misses every key): LSE = -inf, dQ must be exactly 0, nothing NaN.
+TEST(HopperBwd, FullyMaskedRows) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  for (int64_t d : {64, 128})
+    for (int mode = 0; mode < 2; ++mode) {
+      Shape s;
+      s.batch = 2;
+      s.seqlen_q = 130;
+      s.seqlen_k = 70;
+      s.heads_q = 4;
+      s.heads_kv = 2;
+      s.head_dim = d;
+      s.dtype = DType::kBFloat16;
+      if (mode == 0) s.causal = true;                         // rows 0..59 see nothing
+      if (mode == 1) s.window_left = 0, s.window_right = 0;  // row i sees key i - 60 only
+      SCOPED_TRACE(s.name());
+      Problem pb(s, 77 + mode);
+      host_forward(pb);
+      const Status st = run_gpu_backward(pb, Kernel::kHopper);
+      if (is_build_refusal(st)) continue;
+      ASSERT_TRUE(st.ok()) << st.message;
+      check_against_oracle(pb, s.name());
+      int64_t masked_rows = 0;
+      for (int64_t b = 0; b < s.batch; ++b)
+        for (int64_t h = 0; h < s.heads_q; ++h)
+          for (int64_t i = 0; i < s.seqlen_q; ++i) {
+            if (!std::isinf(pb.lse[(b * s.heads_q + h) * s.seqlen_q + i])) continue;
+            ++masked_rows;
+            for (int64_t c = 0; c < s.head_dim; ++c)
+              ASSERT_EQ(pb.dq.get(((b * s.seqlen_q + i) * s.heads_q + h) * s.head_dim + c), 0.0f)
+                  << "row " << i << " head " << h;
+          }
+      EXPECT_GT(masked_rows, 0);
+    }
+}
+
+// Longer sequences: many Q blocks per key block (the 2-stage ring wraps, the
+// dS^T double buffer alternates), GQA over several Q blocks per head.
+TEST(HopperBwd, Long) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  for (int64_t d : {64, 128})
+    for (bool causal : {false, true}) {
+      Shape s;
+      s.batch = 1;
+      s.seqlen_q = 800;
+      s.seqlen_k = 600;
+      s.heads_q = 4;
+      s.heads_kv = 2;
+      s.head_dim = d;
+      s.causal = causal;
+      s.dtype = DType::kBFloat16;
+      SCOPED_TRACE(s.name());
+      run_case(s, 3000 + d + causal);
+    }
+}
+
+// kAuto picks the Hopper backward on an H100: same results as kHopper (up to
+// the order of the fp32 dQ atomics) and correct; deterministic kAuto falls back
+// to FA2 (kHopper refuses it).
+TEST(HopperBwd, AutoMatchesHopper) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  Shape s;
+  s.batch = 2;
+  s.seqlen_q = 257;
+  s.seqlen_k = 300;
+  s.heads_q = 8;
+  s.heads_kv = 2;
+  s.head_dim = 128;
+  s.causal = true;
+  s.dtype = DType::kBFloat16;
+  Problem pb(s, 4242);
+  host_forward(pb);
+  Status st = run_gpu_backward(pb, Kernel::kHopper);
+  if (is_build_refusal(st)) GTEST_SKIP() << st.message;
+  ASSERT_TRUE(st.ok()) << st.message;
+  const Oracle o = oracle(pb);
+  check_against_oracle(pb, s.name() + "_hopper", o);
+  const HostTensor dq = pb.dq, dk = pb.dk, dv = pb.dv;
+  st = run_gpu_backward(pb, Kernel::kAuto);
+  ASSERT_TRUE(st.ok()) << st.message;
+  check_against_oracle(pb, s.name() + "_auto", o);
+  const double floor = bwd_floor(s);
+  EXPECT_LE(max_abs_diff(dq.to_double(), pb.dq), floor) << "auto vs hopper dq";
+  EXPECT_LE(max_abs_diff(dk.to_double(), pb.dk), floor) << "auto vs hopper dk";
+  EXPECT_LE(max_abs_diff(dv.to_double(), pb.dv), floor) << "auto vs hopper dv";
+
+  st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
+  EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
+  st = run_gpu_backward(pb, Kernel::kAuto, /*deterministic=*/true);
+  ASSERT_TRUE(st.ok()) << st.message;
+  check_against_oracle(pb, s.name() + "_auto_det", o);
+}
+
+// q, k, v (and dq, dk, dv) as slices of packed [b, s, 3, h, d] buffers with an
+// 8-element gap per row, dout with a padded batch stride: the TMA maps take the
+// real strides, the epilogue writes only the rows' own columns.
+TEST(HopperBwd, Strided) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  Shape s;
+  s.batch = 2;
+  s.seqlen_q = s.seqlen_k = 150;
+  s.heads_q = s.heads_kv = 3;
+  s.head_dim = 96;
+  s.causal = true;
+  s.dtype = DType::kFloat16;
+  Problem pb(s, 555);
+  host_forward(pb);
+  const int64_t H = s.heads_q, D = s.head_dim, S = s.seqlen_q, B = s.batch;
+  const int64_t row = 3 * H * D + 8, bstride = S * row + 16;
+  const int64_t esz = dtype_size(s.dtype);
+  std::vector<uint8_t> qkv(static_cast<size_t>(B * bstride * esz), 0);
+  const HostTensor* src[3] = {&pb.q, &pb.k, &pb.v};
+  for (int t = 0; t < 3; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          std::memcpy(&qkv[(b * bstride + i * row + t * H * D + h * D) * esz],
+                      src[t]->bytes.data() + ((b * S + i) * H + h) * D * esz, D * esz);
+  const int64_t do_bstride = S * H * D + 64;
+  std::vector<uint8_t> dout(static_cast<size_t>(B * do_bstride * esz), 0);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(&dout[b * do_bstride * esz], pb.dout.bytes.data() + b * S * H * D * esz, S * H * D * esz);
+
+  DeviceBuffer d_qkv(qkv.size()), d_dqkv(qkv.size()), d_dout(dout.size()), d_o(pb.o.bytes.size()),
+      d_lse(pb.lse.size() * sizeof(float));
+  FA_TEST_CUDA(d_qkv.upload(qkv.data(), qkv.size()));
+  FA_TEST_CUDA(d_dout.upload(dout.data(), dout.size()));
+  FA_TEST_CUDA(d_o.upload(pb.o.data(), pb.o.bytes.size()));
+  FA_TEST_CUDA(d_lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)));
+  FA_TEST_CUDA(d_dqkv.poison());
+
+  BwdParams p = pb.params;
+  auto* base = static_cast<uint8_t*>(d_qkv.get());
+  auto* dbase = static_cast<uint8_t*>(d_dqkv.get());
+  p.q = base, p.k = base + H * D * esz, p.v = base + 2 * H * D * esz;
+  p.dq = dbase, p.dk = dbase + H * D * esz, p.dv = dbase + 2 * H * D * esz;
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = bstride;
+  p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = bstride;
+  p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
+  p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = row;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = D;
+  p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = D;
+  p.dout = d_dout.get();
+  p.dout_batch_stride = do_bstride;
+  p.o = d_o.get();
+  p.lse = d_lse.as<float>();
+  p.device = Device::kCUDA;
+  p.kernel = Kernel::kHopper;
+  const Status st = backward(p);
+  if (is_build_refusal(st)) GTEST_SKIP() << st.message;
+  ASSERT_TRUE(st.ok()) << st.message;
+  FA_TEST_CUDA(cudaDeviceSynchronize());
+  std::vector<uint8_t> dqkv(qkv.size());
+  FA_TEST_CUDA(d_dqkv.download(dqkv.data(), dqkv.size()));
+  HostTensor* dst[3] = {&pb.dq, &pb.dk, &pb.dv};
+  for (int t = 0; t < 3; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          std::memcpy(dst[t]->bytes.data() + ((b * S + i) * H + h) * D * esz,
+                      &dqkv[(b * bstride + i * row + t * H * D + h * D) * esz], D * esz);
+  check_against_oracle(pb, s.name() + "_strided");
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t e = 3 * H * D; e < row; ++e)
+        ASSERT_EQ(dqkv[(b * bstride + i * row + e) * esz], 0xff) << "write past a row";
+}
+
+// What the Hopper backward refuses (kAuto then runs FA2): float32, head dims > 128.
+TEST(HopperBwd, Refusals) {
+  HOPPER_BWD_SKIP_UNLESS_SM90();
+  for (int64_t d : {192, 256}) {
+    Shape s;
+    s.seqlen_q = s.seqlen_k = 16;
+    s.head_dim = d;
+    s.dtype = DType::kBFloat16;
+    Problem pb(s, 3);
+    host_forward(pb);
+    const Status st = run_gpu_backward(pb, Kernel::kHopper);
+    EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
+  }
+  Shape s;
+  s.seqlen_q = s.seqlen_k = 16;
+  s.dtype = DType::kFloat32;
+  Problem pb(s, 3);
+  host_forward(pb);
+  const Status st = run_gpu_backward(pb, Kernel::kHopper);
+  EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace flashattn
