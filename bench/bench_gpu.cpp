@@ -6,7 +6,7 @@
 // Sweeps (issues 4-8): 16k tokens per batch and hidden 2048, so for N in
 // 512..16k: B = 16384 / N and H = 2048 / D for D in {64, 128, 256}, causal and not.
 //   --gpu            forward of naive (where S fits), fa1 (N <= 2k), fa2, hopper, auto; row softmax GB/s
-//   --gpu --bwd      backward of fa2 and auto
+//   --gpu --bwd      backward of fa2, hopper and auto
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 //   --gpu --varlen   a packed ragged batch (cu_seqlens) vs the dense batch of the same 16k tokens: TFLOPS
 #include <algorithm>
@@ -362,7 +362,7 @@ void build_attention_sweep(Sweep& s, bool bwd) {
         base.work = attention_flops(base.b, base.hq, base.nq, base.nk, d, c, bwd);
         std::vector<Kernel> rungs;
         if (bwd) {
-          rungs = {Kernel::kFA2, Kernel::kAuto};
+          rungs = {Kernel::kFA2, Kernel::kHopper, Kernel::kAuto};
         } else {
           // naive materializes S = QK^T in fp32: only where it stays small.
           const double s_bytes = 4.0 * base.b * base.hq * base.nq * base.nk;
