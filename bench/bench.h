@@ -48,6 +48,8 @@ struct Row {
   Metric metric = Metric::kFlops;
   double work = 0;       // FLOPs or bytes of the measurement
   double ms = -1;        // median; < 0 when it did not run
+  double loop_ms = -1;   // GPU: total time of the timed reps / reps (one event pair around them)
+  double host_ms = -1;   // GPU: host time to enqueue one rep (if above ms, the GPU idles between calls)
   int reps = 0;
   std::string error;     // refusal / failure message when ms < 0
   bool is_torch = false;

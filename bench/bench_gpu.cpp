@@ -188,11 +188,15 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
       BENCH_CUDA(cudaEventCreate(&starts[i]));
       BENCH_CUDA(cudaEventCreate(&stops[i]));
     }
+    BENCH_CUDA(cudaEventRecord(e0));
+    const auto host0 = std::chrono::steady_clock::now();
     for (int i = 0; i < reps && st.ok(); ++i) {
       BENCH_CUDA(cudaEventRecord(starts[i]));
       st = fn(i % sets);
       BENCH_CUDA(cudaEventRecord(stops[i]));
     }
+    BENCH_CUDA(cudaEventRecord(e1));
+    row.host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host0).count() / reps;
     BENCH_CUDA(cudaDeviceSynchronize());
     BENCH_CUDA(cudaGetLastError());
     if (!st.ok()) {
@@ -208,6 +212,9 @@ void time_gpu(Row& row, int min_reps, int sets, const std::function<Status(int)>
     }
     row.ms = median(t);
     row.reps = reps;
+    float loop = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&loop, e0, e1));
+    row.loop_ms = loop / reps;
   } catch (const CudaError& e) {
     row.error = (row.error.empty() ? "" : row.error + "; ") + "CUDA error: " + e.what();
     row.ms = -1;
@@ -309,7 +316,8 @@ struct Sweep {
     }
     watchdog->end();
     char res[96];
-    if (r.ms > 0) std::snprintf(res, sizeof res, "%.4f ms", r.ms);
+    if (r.ms > 0) std::snprintf(res, sizeof res, "%.4f ms (loop mean %.4f, host enqueue %.4f)", r.ms, r.loop_ms,
+                                  r.host_ms);
     else std::snprintf(res, sizeof res, "%.80s", r.error.c_str());
     progress(++done, total, row_desc(r) + ": " + res);
   }

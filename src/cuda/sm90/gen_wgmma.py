@@ -9,7 +9,7 @@ rs(): A from registers (4 x b32), B from shared memory, MN-major (O += P V)
 ss_tA(): A and B from shared memory, both MN-major (the backward's dQ = dS K,
          dS stored as dS^T: query rows contiguous)
 """
-NS = [64, 80, 128, 176, 256]
+NS = [64, 80, 128, 256]
 TYPES = [("false", "f16"), ("true", "bf16")]
 
 out = []

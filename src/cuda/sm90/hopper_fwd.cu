@@ -27,26 +27,23 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, stages3, bn176, overlap_d256. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
   const bool no_persistent = has("no_persistent");
-  // Head dims <= 128 run the intra-warpgroup overlap and the ping-pong of the two
-  // consumer warpgroups (head dim 256 has no registers for the overlap).
+  // By default: the intra-warpgroup overlap and the ping-pong of the two consumer
+  // warpgroups (ping-pong needs the overlapped loop; see consumer.cuh).
   a.no_overlap = has("no_overlap");
-  a.stages3 = has("stages3");
-  a.overlap_d256 = has("overlap_d256");
-  a.block_n = D == 128 && has("bn176") ? 176 : Tr::kBlockN;
 
   Status st = make_tma_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
                            p.q_head_stride, p.q_batch_stride, Tr::kBlockM);
   if (!st.ok()) return st;
   st = make_tma_map(&a.tm_k, "k", p.k, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
-                    p.k_head_stride, p.k_batch_stride, a.block_n);
+                    p.k_head_stride, p.k_batch_stride, Tr::kBlockN);
   if (!st.ok()) return st;
   st = make_tma_map(&a.tm_v, "v", p.v, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
-                    p.v_head_stride, p.v_batch_stride, a.block_n);
+                    p.v_head_stride, p.v_batch_stride, Tr::kBlockN);
   if (!st.ok()) return st;
 
   KernelParams& k = a.params;

@@ -62,26 +62,14 @@ Status launch_variant(const LaunchArgs& a) {
   return Status::Ok();
 }
 
-template <class Tr>
-Status launch_traits(const LaunchArgs& a) {
-  static_assert(smem_bytes<Tr>() <= 227 * 1024, "shared storage exceeds the 227 KB opt-in limit");
-  // hdim 256: O alone is 128 registers; with a second S in flight ptxas spills
-  // in the main loop, so 256 runs without the intra-warpgroup overlap.
-  if constexpr (Tr::kHeadDim <= 128) {
-    if (!a.no_overlap) return launch_variant<Tr, true>(a);
-  } else {
-    if (a.overlap_d256) return launch_variant<Tr, true>(a);  // experiment: 16 B of spills
-  }
-  return launch_variant<Tr, false>(a);
-}
-
 template <int kHeadDim, bool kBF16>
 Status launch_hopper_fwd(const LaunchArgs& a) {
-  if constexpr (kHeadDim == 128) {
-    if (a.block_n == 176) return launch_traits<Traits<kHeadDim, kBF16, 2, 176>>(a);
-    if (a.stages3) return launch_traits<Traits<kHeadDim, kBF16, 3>>(a);
-  }
-  return launch_traits<Traits<kHeadDim, kBF16>>(a);
+  using Tr = Traits<kHeadDim, kBF16>;
+  static_assert(smem_bytes<Tr>() <= 227 * 1024, "shared storage exceeds the 227 KB opt-in limit");
+  // hdim 256 spills 16 B (two values reloaded per KV block) in the overlapped
+  // loop and is still 2-15 % faster with it on the H100 (docs/06-hopper.md).
+  if (!a.no_overlap) return launch_variant<Tr, true>(a);
+  return launch_variant<Tr, false>(a);
 }
 
 }}}  // namespace flashattn::cuda::sm90

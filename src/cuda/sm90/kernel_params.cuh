@@ -37,9 +37,6 @@ struct LaunchArgs {
   int grid = 0;
   cudaStream_t stream = nullptr;
   bool no_overlap = false;  // experiment switches (FLASHATTN_HOPPER_VARIANT), see hopper_fwd.cu
-  bool overlap_d256 = false;  // head dim 256: the overlapped loop (ptxas spills 16 B there)
-  bool stages3 = false;     // head dim 128: 3 K/V stages instead of 2
-  int block_n = 0;          // keys per block of the launched kernel (the K/V TMA box rows)
 };
 template <int kHeadDim, bool kBF16> Status launch_hopper_fwd(const LaunchArgs& a);
 
