@@ -145,6 +145,14 @@ __device__ __forceinline__ uint32_t opaque(uint32_t x) {
 // Explicit shared-memory accesses with 32-bit addresses (the SharedStorage
 // reference comes from an aligned integer, so plain C++ accesses would be
 // generic ones with 64-bit addresses).
+// Inverse of pack2: (lo, hi) of a bf16x2 / f16x2 register.
+__device__ __forceinline__ float2 unpack2(uint32_t v, bool bf16) {
+  if (bf16) return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+  __half2 h;
+  memcpy(&h, &v, 4);
+  return __half22float2(h);
+}
+
 __device__ __forceinline__ float2 ld_shared_f32x2(uint32_t addr) {
   float2 v;
   asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
@@ -226,6 +234,14 @@ __device__ __forceinline__ void producer(SharedStorage<Tr>& s, const MainParams&
 }
 
 // ---- consumers (WG1, WG2) -------------------------------------------------------
+// Byte offset of consumer thread ctid's first dS^T store in the tile: row
+// key_row = 64 wg + 16 warp + g, plus (g << 4) + 4t (see the stores).
+__device__ __forceinline__ uint32_t ds_thread_offset(uint32_t ctid) {
+  const uint32_t lane = ctid % 32, g = lane / 4, t = lane % 4;
+  const uint32_t key_row = 64 * (ctid / 128) + 16 * ((ctid % 128) / 32) + g;
+  return key_row * 128 + (g << 4) + 4 * t;
+}
+
 // The Q-block columns [lo, hi] (query rows i0 + lo .. i0 + hi) that key `key`
 // sees, from common/mask.h inverted:
 //   key < key_end(q)    <=>  q >= key - off - window_right  (and key < seqlen_k)
@@ -241,41 +257,80 @@ __device__ __forceinline__ void visible_queries(const MainParams& p, int64_t key
   hi = static_cast<int>(max(h, int64_t{-2}));
 }
 
-// st = S^T -> P^T (B2), dpt = dP^T -> dS^T (B6; B7 with softcap) of the 64 x 64
-// block; column 8j + 2t + {0,1} of the accumulator is query 8j + 2t + {0,1}.
-// No mask here (the caller zeroes invisible pairs).
-//   no softcap: P = exp2(S scale log2e - LSE log2e), dS = P (dP - Delta)
-//   softcap:    th = tanh(S scale / softcap), P = exp2(th softcap log2e - LSE log2e),
-//               dS = P (dP - Delta) (1 - th^2)
+// st = S^T -> P^T (B2) of the 64 x 64 block, in the log2 domain; column
+// 8j + 2t + {0,1} of the accumulator is query 8j + 2t + {0,1}.
+//   no softcap: x = S scale log2e;  softcap: x = tanh(S scale / softcap) softcap log2e
+//   invisible (query, key) pairs: x = -inf;  P = exp2(x - LSE log2e)
 template <bool kSoftcap>
-__device__ __forceinline__ void p_and_ds(const MainParams& p, float (&st)[32], float (&dpt)[32], uint32_t lse2,
-                                         uint32_t delta2, int t) {
+__device__ __forceinline__ void compute_p(const MainParams& p, float (&st)[32], uint32_t lse2, int t, bool need_mask,
+                                          int64_t key, int i0) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    if constexpr (kSoftcap) {
+      // tanh(y) = 1 - 2 / (exp(2y) + 1): branch-free, ~1e-7 absolute error, +-1 at the ends.
+      const float th = 1.0f - __fdividef(2.0f, fast_exp2(st[i] * p.softcap_in * (2.0f * kLog2e)) + 1.0f);
+      st[i] = th * p.softcap_log2;
+    } else {
+      st[i] *= p.scale_log2;
+    }
+  }
+  if (need_mask) {
+    // The thread's keys are `key` and key + 8 (registers 4j + {0,1} and 4j + {2,3}).
+    int lo[2], hi[2];
+    visible_queries(p, key, i0, lo[0], hi[0]);
+    visible_queries(p, key + 8, i0, lo[1], hi[1]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qc = 8 * j + 2 * t + (e & 1);
+        if (!(qc >= lo[e >> 1] && qc <= hi[e >> 1])) st[4 * j + e] = -INFINITY;
+      }
+  }
   const uint32_t lse_addr = lse2 + 8 * t;
-  const uint32_t delta_addr = delta2 + 8 * t;
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const float2 l2 = ld_shared_f32x2(lse_addr + 32 * j);
-    const float2 dl = ld_shared_f32x2(delta_addr + 32 * j);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float lse = (e & 1) ? l2.y : l2.x;
-      const float delta = (e & 1) ? dl.y : dl.x;
-      float& sv = st[4 * j + e];
-      float& dv = dpt[4 * j + e];
-      if constexpr (kSoftcap) {
-        // tanh(y) = 1 - 2 / (exp(2y) + 1): branch-free, ~1e-7 absolute error, +-1 at the ends.
-        const float th = 1.0f - __fdividef(2.0f, fast_exp2(sv * p.softcap_in * (2.0f * kLog2e)) + 1.0f);
-        const float pv = fast_exp2(fmaf(th, p.softcap_log2, -lse));
-        sv = pv;
-        dv = pv * (dv - delta) * (1.0f - th * th);
-      } else {
-        const float pv = fast_exp2(fmaf(sv, p.scale_log2, -lse));
-        sv = pv;
-        dv = pv * (dv - delta);
-      }
+    for (int e = 0; e < 4; ++e) st[4 * j + e] = fast_exp2(st[4 * j + e] - ((e & 1) ? l2.y : l2.x));
+  }
+}
+
+// dpt = dP^T -> dS^T = P^T (dP^T - Delta) (B6), P from the packed fragments of
+// the dV GEMM (16 registers instead of the 32 of st, which would not fit next
+// to dK, dV and the in-flight fragments at head dim 128).
+template <bool kBF16>
+__device__ __forceinline__ void compute_ds(const uint32_t (&pp)[4][4], float (&dpt)[32], uint32_t delta2, int t) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 dl = ld_shared_f32x2(delta2 + 8 * t + 32 * j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // registers 4j + 2h + {0,1}: one packed pair
+      const float2 pv = unpack2(pp[j / 2][(j % 2) * 2 + h], kBF16);
+      dpt[4 * j + 2 * h] = pv.x * (dpt[4 * j + 2 * h] - dl.x);
+      dpt[4 * j + 2 * h + 1] = pv.y * (dpt[4 * j + 2 * h + 1] - dl.y);
     }
   }
 }
+// The same with softcap (B7): times 1 - tanh^2, tanh recovered from the fp32 P
+// as in the FA2 rung: log2 P = x - LSE log2e, x = tanh softcap log2e (P = 0: dS = 0).
+__device__ __forceinline__ void compute_ds_softcap(const MainParams& p, const float (&st)[32], float (&dpt)[32],
+                                                   uint32_t lse2, uint32_t delta2, int t) {
+  const float inv_softcap_log2 = __frcp_rn(p.softcap_log2);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 dl = ld_shared_f32x2(delta2 + 8 * t + 32 * j);
+    const float2 l2 = ld_shared_f32x2(lse2 + 8 * t + 32 * j);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pv = st[4 * j + e];
+      const float th = (__log2f(pv) + ((e & 1) ? l2.y : l2.x)) * inv_softcap_log2;
+      const float ds = pv * (dpt[4 * j + e] - ((e & 1) ? dl.y : dl.x)) * (1.0f - th * th);
+      dpt[4 * j + e] = pv > 0.0f ? ds : 0.0f;
+    }
+  }
+}
+
 template <class Tr>
 __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams& p, const QBlocks& qb, int n_block,
                                          int hk, int b) {
@@ -306,47 +361,51 @@ __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams&
     const uint32_t sk = FA_SMEM(sb, k), sv = FA_SMEM(sb, v);
     const uint32_t sq = FA_SMEM(sb, q) + stage * Tr::kQBytes, sdo = FA_SMEM(sb, dout) + stage * Tr::kQBytes;
 
-    // S^T = K_w Q^T (B1) and dP^T = V_w dO^T (B4): 64 keys x 64 queries each.
+    // S^T = K_w Q^T (B1) and dP^T = V_w dO^T (B4): 64 keys x 64 queries each,
+    // two commit groups: P is computed while dP^T is still on the tensor cores.
     float st[32], dpt[32];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       Mma64::ss(st, desc_kmajor(sk, BN, 64 * wg, kk), desc_kmajor(sq, BM, 0, kk), kk > 0);
+    wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       Mma64::ss(dpt, desc_kmajor(sv, BN, 64 * wg, kk), desc_kmajor(sdo, BM, 0, kk), kk > 0);
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<1>();  // S^T done
     fence_regs(st);
-    fence_regs(dpt);
 
     // Does this (Q block, key block) pair need the element mask? Rows past
     // seqlen_q need none (their LSE is +inf); keys past seqlen_k always do.
     const int64_t i_last = min(i0 + BM, p.seqlen_q) - 1;
     const bool need_mask = j0 + BN > p.seqlen_k ||
                            (p.mask.has_mask() && !(p.mask.key_begin(i_last) <= j0 && p.mask.key_end(i0) >= j0 + BN));
+    const uint32_t lse2 = FA_SMEM(sb, lse2) + stage * BM * 4, delta2 = FA_SMEM(sb, delta) + stage * BM * 4;
     if (softcap)
-      p_and_ds<true>(p, st, dpt, FA_SMEM(sb, lse2) + stage * BM * 4, FA_SMEM(sb, delta) + stage * BM * 4, t);
+      compute_p<true>(p, st, lse2, t, need_mask, j0 + key_row, i0);
     else
-      p_and_ds<false>(p, st, dpt, FA_SMEM(sb, lse2) + stage * BM * 4, FA_SMEM(sb, delta) + stage * BM * 4, t);
-    if (need_mask) {
-      // Invisible (query, key) pairs: P = dS = 0. The thread's keys are
-      // j0 + key_row and + 8 (registers 4j + {0,1} and 4j + {2,3}).
-      int lo[2], hi[2];
-      visible_queries(p, j0 + key_row, i0, lo[0], hi[0]);
-      visible_queries(p, j0 + key_row + 8, i0, lo[1], hi[1]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qc = 8 * j + 2 * t + (e & 1);
-          const bool vis = qc >= lo[e >> 1] && qc <= hi[e >> 1];
-          st[4 * j + e] = vis ? st[4 * j + e] : 0.0f;
-          dpt[4 * j + e] = vis ? dpt[4 * j + e] : 0.0f;
-        }
-    }
-    uint32_t pp[4][4], pds[4][4];
+      compute_p<false>(p, st, lse2, t, need_mask, j0 + key_row, i0);
+    uint32_t pp[4][4];
     pack_frag<Tr::kBF16>(st, pp);
+
+    // dV += P^T dO (B5): k = the 64 queries, 4 steps of 16; runs while dS is computed.
+    fence_regs(dv);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) MmaD::rs(dv, pp[kk], desc_mnmajor(sdo, BM, 16 * kk), 1);
+    wgmma_commit();
+
+    if (softcap) {
+      wgmma_wait<0>();  // dP^T and dV done (the fp32 P stays live instead of the fragments)
+      fence_regs(dpt);
+      compute_ds_softcap(p, st, dpt, lse2, delta2, t);
+    } else {
+      wgmma_wait<1>();  // dP^T done, dV may still run
+      fence_regs(dpt);
+      compute_ds<Tr::kBF16>(pp, dpt, delta2, t);
+    }
+    uint32_t pds[4][4];
     pack_frag<Tr::kBF16>(dpt, pds);
 
     // dS^T -> shared memory: row = key (k dimension of dQ = dS K), 64 queries of
@@ -354,7 +413,7 @@ __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams&
     // so the address of unit j is (row + (g << 4) + 4t) ^ (j << 4); rows r and
     // r + 8 are 1024 bytes apart. (Bank-conflict free: unit j ^ g differs per g.)
     const uint32_t ds = FA_SMEM(sb, ds) + (it & 1) * Tr::kDsBytes;
-    const uint32_t ds_row = ds + key_row * 128 + (g << 4) + 4 * t;
+    const uint32_t ds_row = ds + ds_thread_offset(opaque(ctid));  // (recomputed: else ptxas spills it)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       st_shared_xor_u32(ds_row, j << 4, pds[j / 2][(j % 2) * 2]);
@@ -362,12 +421,9 @@ __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams&
     }
     fence_proxy_async();  // the generic-proxy stores above, read next by wgmma
 
-    // dV += P^T dO (B5), dK += dS^T Q (B8): k = the 64 queries, 4 steps of 16.
-    fence_regs(dv);
+    // dK += dS^T Q (B8).
     fence_regs(dk);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) MmaD::rs(dv, pp[kk], desc_mnmajor(sdo, BM, 16 * kk), 1);
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) MmaD::rs(dk, pds[kk], desc_mnmajor(sq, BM, 16 * kk), 1);
     wgmma_commit();
@@ -450,7 +506,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto& s = *reinterpret_cast<SharedStorage<Tr>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                   ~static_cast<uintptr_t>(1023));
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  const QBlocks qb = q_blocks<Tr>(p, n_block);
   if (threadIdx.x == 0) {
     prefetch_tensormap(&tm_q);
     prefetch_tensormap(&tm_k);
@@ -465,13 +520,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
+  // (Each role computes its Q-block range after the register reallocation:
+  // values live across setmaxnreg were spilled.)
   if (threadIdx.x < 128) {
     setmaxnreg_dec<24>();
-    if (threadIdx.x < 32) producer<Tr>(s, p, qb, n_block, hk, b, &tm_q, &tm_k, &tm_v, &tm_do, threadIdx.x);
+    if (threadIdx.x < 32)
+      producer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b, &tm_q, &tm_k, &tm_v, &tm_do, threadIdx.x);
   } else {
     // 128 x 24 + 256 x 240 = 64512 <= 65536 registers.
     setmaxnreg_inc<240>();
-    consumer<Tr>(s, p, qb, n_block, hk, b);
+    consumer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b);
   }
 }
 

@@ -32,20 +32,26 @@ struct Consumer {
   using MmaS = Wgmma<BN, Tr::kBF16>;
   using MmaO = Wgmma<D, Tr::kBF16>;
 
-  // Q rows of warpgroup wg, k-step kk (16 columns): chunk kk/4, +32 B inside it.
-  static __device__ __forceinline__ uint64_t desc_q(const SharedStorage<Tr>& s, int wg, int kk) {
-    const uint32_t a = smem_addr(s.q) + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
-    return make_desc(a, 16, 1024);
-  }
-  static __device__ __forceinline__ uint64_t desc_k(const SharedStorage<Tr>& s, int stage, int kk) {
-    const uint32_t a = smem_addr(s.k[stage]) + (kk / 4) * BN * 128 + (kk % 4) * 32;
-    return make_desc(a, 16, 1024);
-  }
+  // A descriptor for an operand at byte offset `off` from the one `base`
+  // describes: only the start-address field (bits 0-13, address >> 4) changes and
+  // smem addresses stay below 2^18, so it is one 32-bit add on the low word.
+  // The low word passes through an empty asm at every GEMM issue so ptxas does
+  // not hoist all 16-32 descriptors of the KV loop into registers (at head dim
+  // 256 that spilled them).
+  struct DescBase {
+    uint32_t lo, hi;
+    __device__ __forceinline__ DescBase(uint64_t d) : lo(static_cast<uint32_t>(d)), hi(static_cast<uint32_t>(d >> 32)) {
+      asm volatile("" : "+r"(lo));
+    }
+    __device__ __forceinline__ uint64_t at(uint32_t off) const {
+      return (static_cast<uint64_t>(hi) << 32) | (lo + (off >> 4));
+    }
+  };
+  // Q rows of warpgroup wg (its 64-row slice), k-step kk (16 columns): chunk kk/4, +32 B inside it.
+  static __device__ __forceinline__ uint32_t q_off(int kk) { return (kk / 4) * BM * 128 + (kk % 4) * 32; }
+  static __device__ __forceinline__ uint32_t k_off(int kk) { return (kk / 4) * BN * 128 + (kk % 4) * 32; }
   // V as the B operand of P V: keys 16kk..16kk+15 (rows of 128 B), head-dim chunks LBO apart.
-  static __device__ __forceinline__ uint64_t desc_v(const SharedStorage<Tr>& s, int stage, int kk) {
-    const uint32_t a = smem_addr(s.v[stage]) + kk * 16 * 128;
-    return make_desc(a, BN * 128, 1024);
-  }
+  static __device__ __forceinline__ uint32_t v_off(int kk) { return kk * 16 * 128; }
 
   // Softcap, then the element mask when the block is partial.
   static __device__ __forceinline__ void score_mod(const KernelParams& p, const BlockMask<BM, BN>& bm,
@@ -132,17 +138,20 @@ struct Consumer {
   }
 
   static __device__ __forceinline__ void issue_s(const SharedStorage<Tr>& s, float (&sc)[BN / 2], int wg, int stage) {
+    const DescBase q(make_desc(smem_addr(s.q) + wg * 64 * 128, 16, 1024));
+    const DescBase k(make_desc(smem_addr(s.k[stage]), 16, 1024));
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, desc_q(s, wg, kk), desc_k(s, stage, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) MmaS::ss(sc, q.at(q_off(kk)), k.at(k_off(kk)), kk > 0);
     wgmma_commit();
   }
   static __device__ __forceinline__ void issue_o(const SharedStorage<Tr>& s, float (&o)[D / 2],
                                                  uint32_t (&pa)[BN / 16][4], int stage) {
     fence_regs(o);
     wgmma_fence();
+    const DescBase v(make_desc(smem_addr(s.v[stage]), BN * 128, 1024));
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) MmaO::rs(o, pa[kk], desc_v(s, stage, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) MmaO::rs(o, pa[kk], v.at(v_off(kk)), 1);
     wgmma_commit();
   }
 
@@ -178,7 +187,10 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
+    for (;; ++tile_iter) {
+      mbar_wait(&s.q_full, tile_iter & 1);
+      const int t = *static_cast<volatile int*>(&s.tile);
+      if (t < 0) break;
       int m_block, head, b;
       p.sched.decode(t, m_block, head, b);
       int n_begin, n_end;
@@ -192,7 +204,6 @@ struct Consumer {
       float row_sum[2] = {0.0f, 0.0f};
       float corr[2];
 
-      mbar_wait(&s.q_full, tile_iter & 1);
       if (n_end <= n_begin) {
         __syncwarp();
         if (lane == 0) mbar_arrive(&s.q_empty);

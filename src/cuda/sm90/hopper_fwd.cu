@@ -16,6 +16,7 @@
 #include "cuda/sm90/kernel_params.cuh"
 #include "cuda/sm90/tma_map.h"
 #include "cuda/sm90/traits.cuh"
+#include "cuda/stream_scratch.h"
 
 namespace flashattn { namespace cuda {
 namespace sm90 {
@@ -27,7 +28,7 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, static_schedule. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -78,7 +79,17 @@ Status run(const FwdParams& p) {
   k.pingpong = !has("no_pingpong");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
-  return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
+  // The dynamic scheduler's counter (tile_scheduler.cuh), when a CTA runs more than one tile.
+  StreamScratch counter;
+  if (tiles > a.grid && !has("static_schedule")) {
+    st = stream_scratch(ScratchTag::kHopperTileCounter, a.stream, 2 * sizeof(int), 0, &counter);
+    if (!st.ok()) return st;
+    k.tile_counter = reinterpret_cast<int*>(counter.base);
+  }
+  st = p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
+  const cudaError_t release = release_stream_scratch(counter, a.stream);
+  if (st.ok() && release != cudaSuccess) return cuda_status(release, "hopper: tile counter");
+  return st;
 }
 
 }  // namespace

@@ -27,6 +27,9 @@ struct KernelParams {
   Mask mask;
   TileScheduler sched;
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
+  // Dynamic tile scheduler (tile_scheduler.cuh): {next tile - gridDim.x, finished
+  // CTAs}, zero at launch and left zero; nullptr = static round-robin.
+  int* tile_counter = nullptr;
 };
 
 // Everything one launch needs; built by hopper_fwd.cu, consumed by the

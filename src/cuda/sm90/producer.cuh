@@ -50,14 +50,21 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
                   head_kv, b);
     vpos.advance<Tr::kStages>();
   };
-  for (int t = blockIdx.x; t < p.sched.total(); t += gridDim.x, ++tile_iter) {
+  // The tile index reaches the consumers through s.tile, written before the Q
+  // barrier phase of that tile completes; -1 (with a plain arrival) ends them.
+  for (int t = blockIdx.x < p.sched.total() ? static_cast<int>(blockIdx.x) : -1;; ++tile_iter) {
+    mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
+    s.tile = t;
+    if (t < 0) {
+      mbar_arrive(&s.q_full);
+      break;
+    }
     int m_block, head, b;
     p.sched.decode(t, m_block, head, b);
     int n_begin, n_end;
     bm.range(m_block, &n_begin, &n_end);
     const int head_kv = head / p.group;
     // Q of this tile (always loaded, so the q barriers advance once per tile).
-    mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
     mbar_arrive_expect_tx(&s.q_full, Tr::kQBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
@@ -69,6 +76,7 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
       if (n + 1 < n_end) load_k(n + 1, head_kv, b);
       load_v(n, head_kv, b);
     }
+    t = p.sched.next(t, p.tile_counter);
   }
 }
 
