@@ -8,14 +8,16 @@
 //        (query head of the kv group, Q block that sees the key block): Q_i and
 //        dO_i (TMA, 64 rows) plus LSE_i and Delta_i (plain loads, 64 floats)
 //        into a 2-stage ring guarded by full / empty mbarriers.
-//   WG1, WG2: consumers, each owning 64 of the 128 keys. Per Q block:
+//   WG1, WG2: consumers, each owning 64 of the 128 keys. Per Q block, in
+//   issue order (each GEMM its own commit group, so the math of one step runs
+//   while the tensor cores do the previous GEMM):
 //     S^T  = K_w Q^T            wgmma m64n64k16 ss (K, Q K-major)            (B1)
 //     dP^T = V_w dO^T           wgmma m64n64k16 ss (V, dO K-major)           (B4)
-//     P^T  = exp2(S^T scale log2e - LSE log2e), masked                      (B2)
-//     dS^T = P^T (dP^T - Delta) [x softcap derivative]                      (B6, B7)
+//     P^T  = exp2(S^T scale log2e - LSE log2e), masked   [while dP^T runs]  (B2)
 //     dV  += P^T dO             wgmma m64nDk16 rs (P^T from registers, dO MN-major) (B5)
-//     dK  += dS^T Q             wgmma m64nDk16 rs (dS^T from registers, Q MN-major) (B8)
+//     dS^T = P^T (dP^T - Delta) [x softcap derivative]   [while dV runs]    (B6, B7)
 //     dS^T -> shared memory ([128 keys][64 queries], 128B-swizzled by hand)
+//     dK  += dS^T Q             wgmma m64nDk16 rs (dS^T from registers, Q MN-major) (B8)
 //     dQ_i += dS K              wgmma m64n64k16 ss, both operands MN-major  (B9)
 //       d128: WG w computes dQ columns [64w, 64w + 64) over all 128 keys (the
 //             two warpgroups' dS^T halves meet in shared memory: named barrier);
