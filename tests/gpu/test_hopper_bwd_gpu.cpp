@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -242,10 +243,17 @@ TEST(HopperBwd, AutoMatchesHopper) {
   st = run_gpu_backward(pb, Kernel::kAuto);
   ASSERT_TRUE(st.ok()) << st.message;
   check_against_oracle(pb, s.name() + "_auto", o);
-  const double floor = bwd_floor(s);
-  EXPECT_LE(max_abs_diff(dq.to_double(), pb.dq), floor) << "auto vs hopper dq";
-  EXPECT_LE(max_abs_diff(dk.to_double(), pb.dk), floor) << "auto vs hopper dk";
-  EXPECT_LE(max_abs_diff(dv.to_double(), pb.dv), floor) << "auto vs hopper dv";
+  // Same kernel, other order of the fp32 dQ atomics: a bf16 rounding may flip,
+  // so allow 2 ulps of the largest value (plus the floor).
+  auto same = [&](const HostTensor& a, const HostTensor& b, const char* what) {
+    const std::vector<double> ad = a.to_double();
+    double amax = 0.0;
+    for (double x : ad) amax = std::max(amax, std::fabs(x));
+    EXPECT_LE(max_abs_diff(ad, b), amax / 64.0 + bwd_floor(s)) << "auto vs hopper " << what;
+  };
+  same(dq, pb.dq, "dq");
+  same(dk, pb.dk, "dk");
+  same(dv, pb.dv, "dv");
 
   st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
   EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
