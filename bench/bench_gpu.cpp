@@ -459,7 +459,7 @@ void build_varlen_sweep(Sweep& s) {
         base.note = ragged ? "varlen" : "dense";
         base.work = 0.0;
         for (int64_t l : len) base.work += attention_flops(1, base.hq, ragged ? l : mean, ragged ? l : mean, d, c, false);
-        for (Kernel k : {Kernel::kFA2, Kernel::kAuto}) {
+        for (Kernel k : {Kernel::kFA2, Kernel::kHopper, Kernel::kAuto}) {
           Row r = base;
           r.name = kernel_name(k);
           s.rows.push_back(r);
@@ -622,7 +622,10 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   p.device = Device::kCUDA;
   set_contiguous_strides(p);
   if (cache) p.seqused_k = static_cast<const int32_t*>(seqused.get());
-  if (ragged) p.cu_seqlens_q = p.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens.get());
+  if (ragged) {
+    p.cu_seqlens_q = p.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens.get());
+    p.total_q = p.total_k = total;
+  }
   if (decode) p.num_splits = s.o.splits;  // --splits: force the split count (sweeps of the heuristic)
   if (page) {
     p.k_batch_stride = p.v_batch_stride = page * g.hkv * g.d;  // one page

@@ -1,5 +1,6 @@
 // The one place where requests are checked. Kernels trust what passes here.
 // Every message says what was wrong and what is allowed (README: "Errors").
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <sstream>
@@ -124,6 +125,12 @@ Status check_varlen_kvcache(const FwdParams& p) {
     return Status::Invalid("cu_seqlens_q and cu_seqlens_k must be set together for a variable-length batch "
                            "(set both, or neither)");
   const bool host = p.device == Device::kCPU;
+  if (p.total_q < 0 || p.total_k < 0)
+    return Status::Invalid(cat("total_q / total_k must be >= 0 (0 = not given), got ", p.total_q, " / ", p.total_k));
+  if ((p.total_q > 0 || p.total_k > 0) && !p.cu_seqlens_q)
+    return Status::Invalid("total_q / total_k describe packed tensors: set them only with cu_seqlens_q / cu_seqlens_k");
+  if (p.total_q > kIndexLimit || p.total_k > kIndexLimit)
+    return Status::Invalid("total_q and total_k must fit in int32 (the cu_seqlens are int32)");
   if (p.block_table) {
     if (p.page_size < 1) return Status::Invalid(cat("block_table is set but page_size is ", p.page_size, " (need >= 1)"));
     if (p.num_pages < 1) return Status::Invalid(cat("block_table is set but num_pages is ", p.num_pages, " (need >= 1)"));
@@ -160,6 +167,14 @@ Status check_varlen_kvcache(const FwdParams& p) {
         return Status::Invalid(cat("sequence ", b, " has ", k1 - k0, " keys but seqlen_k (the maximum) is ", p.seqlen_k));
       if (!p.block_table) cap_k = k1 - k0;
     }
+    if (p.cu_seqlens_q && b == p.batch - 1) {
+      if (p.total_q > 0 && p.cu_seqlens_q[p.batch] > p.total_q)
+        return Status::Invalid(cat("cu_seqlens_q[batch] = ", p.cu_seqlens_q[p.batch], " exceeds total_q = ", p.total_q,
+                                   " (the rows of the packed q)"));
+      if (p.total_k > 0 && !p.block_table && p.cu_seqlens_k[p.batch] > p.total_k)
+        return Status::Invalid(cat("cu_seqlens_k[batch] = ", p.cu_seqlens_k[p.batch], " exceeds total_k = ", p.total_k,
+                                   " (the rows of the packed k/v)"));
+    }
     int64_t len_k = cap_k;
     if (p.block_table && p.cu_seqlens_k) len_k = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
     if (p.seqused_k) {
@@ -184,8 +199,8 @@ Status check_varlen_kvcache(const FwdParams& p) {
 // Rows of a q-like tensor (q, o, dout, dq): dense [batch, seqlen_q] or packed [total_q].
 Status check_q_like(const char* name, const FwdParams& p, int64_t dim, int64_t bs, int64_t rs, int64_t hs) {
   if (!p.cu_seqlens_q) return check_tensor(name, p.batch, p.seqlen_q, p.heads_q, dim, bs, rs, hs, p.device, p.dtype);
-  // Packed: the batch stride is unused. total_q is known on the host only.
-  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_q[p.batch] : 1;
+  // Packed: the batch stride is unused. total_q is known on the host, or when given.
+  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_q[p.batch] : std::max<int64_t>(p.total_q, 1);
   return check_tensor(name, 1, total > 0 ? total : 1, p.heads_q, dim, 0, rs, hs, p.device, p.dtype);
 }
 
@@ -194,7 +209,7 @@ Status check_k_like(const char* name, const FwdParams& p, int64_t dim, int64_t b
   if (p.block_table)
     return check_tensor(name, p.num_pages, p.page_size, p.heads_kv, dim, bs, rs, hs, p.device, p.dtype);
   if (!p.cu_seqlens_k) return check_tensor(name, p.batch, p.seqlen_k, p.heads_kv, dim, bs, rs, hs, p.device, p.dtype);
-  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_k[p.batch] : 1;
+  const int64_t total = p.device == Device::kCPU ? p.cu_seqlens_k[p.batch] : std::max<int64_t>(p.total_k, 1);
   return check_tensor(name, 1, total > 0 ? total : 1, p.heads_kv, dim, 0, rs, hs, p.device, p.dtype);
 }
 

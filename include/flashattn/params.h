@@ -88,6 +88,12 @@ struct FwdParams {
   // LSE stays [batch, heads_q, seqlen_q] (rows past a sequence's end unused).
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
+  // Rows of the packed q/o and k/v tensors (cu_seqlens_q[batch], cu_seqlens_k[batch]),
+  // 0 = not given. Optional: on CUDA the cu_seqlens live in device memory, and the
+  // Hopper kernel needs these host-side to bound its TMA reads, so a varlen
+  // request without them runs on the FA2 rung instead.
+  int64_t total_q = 0;
+  int64_t total_k = 0;
   // --- KV cache: number of valid keys of sequence b (cache_seqlens); keys at or
   // past it are ignored. [batch] int32, nullptr = all seqlen_k keys are valid.
   const int32_t* seqused_k = nullptr;

@@ -419,6 +419,8 @@ void fill_varlen(FwdParams& p, const Desc& q, const Desc& k, const Desc& v, cons
     }
     p.seqlen_q = max_seqlen_q;
     p.seqlen_k = max_seqlen_k;
+    p.total_q = q.shape[0];  // bounds the Hopper kernel's TMA reads (params.h)
+    if (!paged) p.total_k = k.shape[0];
     p.q_batch_stride = p.o_batch_stride = 0;
     p.q_row_stride = q.stride[0];
     p.q_head_stride = q.stride[1];

@@ -103,18 +103,29 @@ Status forward(const FwdParams& p) {
       st = check_device_pointer(name, ptr, device);
       if (!st.ok()) return st;
     }
-    // FA2 reads cu_seqlens_q/k and seqused_k itself (not block_table): the
-    // varlen prefill path when the decode kernel refuses (too many query rows).
+    // FA2 and the Hopper kernel read cu_seqlens_q/k and seqused_k themselves (not
+    // block_table): the varlen prefill path when the decode kernel refuses (too
+    // many query rows). Hopper also needs total_q / total_k (params.h).
     const bool fa2_reads_layout = !p.block_table && compute_capability(device) >= 80;
     if (kv_layout && p.kernel == Kernel::kFA2 && fa2_reads_layout) return fa2_forward(p);
+#if FLASHATTN_HAS_SM90
+    if (kv_layout && p.kernel == Kernel::kHopper && hopper_available(device)) return hopper_forward(p);
+#endif
     if (kv_layout && p.kernel != Kernel::kAuto)
       return Status::Unsupported(std::string("kernel ") + kernel_name(p.kernel) +
                                  " does not read cu_seqlens / seqused_k / block_table; use kernel auto "
-                                 "(the split-KV decode kernel, or fa2 for varlen prefill without pages)");
+                                 "(the split-KV decode kernel, or hopper / fa2 for varlen prefill without pages)");
     if (p.kernel == Kernel::kAuto) {
       st = decode_forward(p);
-      if (kv_layout && st.code == StatusCode::kUnsupported && fa2_reads_layout && p.dtype != DType::kFloat32)
+      if (kv_layout && st.code == StatusCode::kUnsupported && fa2_reads_layout && p.dtype != DType::kFloat32) {
+#if FLASHATTN_HAS_SM90
+        if (hopper_available(device)) {
+          st = hopper_forward(p);
+          if (st.code != StatusCode::kUnsupported) return st;
+        }
+#endif
         return fa2_forward(p);
+      }
       if (kv_layout || st.code != StatusCode::kUnsupported) return st;
     }
   }

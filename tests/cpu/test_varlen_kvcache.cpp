@@ -519,6 +519,20 @@ TEST(VarlenKvCacheErrors, ClearMessages) {
   EXPECT_NE(st.message.find("seqlen_q (the maximum)"), std::string::npos) << st.message;
   cu_q = {0, 3, 4};
   EXPECT_TRUE(validate(v).ok()) << validate(v).message;
+  // total_q / total_k (optional row counts of the packed tensors): must cover the cu_seqlens.
+  v.total_q = 3;
+  st = validate(v);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("exceeds total_q = 3"), std::string::npos) << st.message;
+  v.total_q = 4;
+  v.total_k = 7;
+  st = validate(v);
+  EXPECT_NE(st.message.find("exceeds total_k = 7"), std::string::npos) << st.message;
+  v.total_k = 8;
+  EXPECT_TRUE(validate(v).ok()) << validate(v).message;
+  v.total_k = -1;
+  EXPECT_NE(validate(v).message.find("total_q / total_k must be >= 0"), std::string::npos);
+  v.total_q = v.total_k = 0;
 
   // append_kv: cache too small, page out of range.
   HostTensor knew(DType::kFloat32, B * 2 * hkv * d);

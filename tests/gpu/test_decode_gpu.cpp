@@ -33,11 +33,14 @@ struct DecodeCase {
   float softcap = 0.0f;
   int num_splits = 0;
   DType dtype = DType::kBFloat16;
+  Kernel kernel = Kernel::kAuto;  // kHopper: the varlen prefill path of the Hopper kernel
+  bool give_totals = true;        // set total_q / total_k (the Hopper kernel needs them)
   std::string name() const {
     std::ostringstream os;
     os << "hq" << heads_q << "_hkv" << heads_kv << "_sq" << seqlen_q << "_d" << head_dim << "_cap" << capacity
        << "_page" << page_size << (causal ? "_causal" : "") << "_wl" << window_left << "_cap" << softcap << "_splits"
-       << num_splits << (len_q.empty() ? "" : "_varlen") << "_" << dtype_name(dtype);
+       << num_splits << (len_q.empty() ? "" : "_varlen") << "_" << dtype_name(dtype) << "_" << kernel_name(kernel)
+       << (give_totals ? "" : "_nototals");
     return os.str();
   }
 };
@@ -87,7 +90,12 @@ void run_case(const DecodeCase& c, uint64_t seed) {
       for (int64_t e = 0; e < lq[b] * hq * D; ++e) q_lay.set(cu_q[b] * hq * D + e, q.get(b * sq * hq * D + e));
     p.cu_seqlens_q = cu_q.data();
     p.cu_seqlens_k = cu_k.data();
+    if (c.give_totals) {
+      p.total_q = q_rows;
+      p.total_k = c.page_size > 0 ? 0 : cu_k[B];
+    }
   }
+  p.kernel = c.kernel;
   p.q_row_stride = p.o_row_stride = hq * D;
   p.q_head_stride = p.o_head_stride = D;
   p.q_batch_stride = p.o_batch_stride = varlen ? 0 : sq * hq * D;
@@ -200,6 +208,94 @@ void run_case(const DecodeCase& c, uint64_t seed) {
   // Rows with no keys: O exactly 0 and LSE -inf (max_abs_diff_lse checks the infinities match).
   const double err_lse = testing::max_abs_diff_lse(ref.lse, lse);
   EXPECT_LE(err_lse, 2 * err_low_lse + floor) << "LSE: kernel err " << err_lse << ", lowprec err " << err_low_lse;
+}
+
+bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
+// Varlen prefill (many query rows per sequence) through the Hopper kernel
+// (kHopper) and kAuto (decode refuses -> Hopper on sm_90, else FA2): ragged
+// lengths incl. 0 and 1, rows across tile boundaries, causal / window, GQA,
+// seqused_k shorter than the packed span, fp16, head dims 64/128/256.
+std::vector<DecodeCase> varlen_prefill_cases() {
+  std::vector<DecodeCase> cs;
+  for (Kernel kern : {Kernel::kHopper, Kernel::kAuto}) {
+    DecodeCase c;
+    c.kernel = kern;
+    c.heads_q = 8; c.heads_kv = 2; c.seqlen_q = 300; c.capacity = 400;
+    c.len_q = {300, 0, 1, 129, 128, 77};
+    c.used = {400, 5, 1, 129, 0, 250};
+    cs.push_back(c);
+    c.causal = true;
+    cs.push_back(c);
+    c.causal = false; c.window_left = 40; c.dtype = DType::kFloat16; c.head_dim = 64;
+    cs.push_back(c);
+  }
+  DecodeCase c;
+  c.kernel = Kernel::kHopper; c.heads_q = 4; c.heads_kv = 1; c.seqlen_q = 260; c.capacity = 260; c.head_dim = 256;
+  c.causal = true; c.len_q = {260, 3, 131}; c.used = {260, 200, 131};
+  cs.push_back(c);
+  c = DecodeCase();
+  c.kernel = Kernel::kHopper; c.heads_q = 8; c.heads_kv = 8; c.seqlen_q = 200; c.capacity = 300; c.head_dim = 96;
+  c.softcap = 20.0f; c.len_q = {200, 64, 65}; c.used = {300, 63, 1};
+  cs.push_back(c);
+  c.give_totals = false; c.kernel = Kernel::kAuto;  // Hopper refuses without totals: FA2 runs it
+  cs.push_back(c);
+  for (Kernel kern : {Kernel::kHopper, Kernel::kAuto}) {  // dense q, cache lengths (seqused_k), chunked prefill
+    c = DecodeCase();
+    c.kernel = kern; c.heads_q = 16; c.heads_kv = 4; c.seqlen_q = 150; c.capacity = 300; c.causal = true;
+    c.used = {300, 0, 1, 150, 299};
+    cs.push_back(c);
+  }
+  return cs;
+}
+
+class VarlenPrefillGpu : public ::testing::TestWithParam<int> {};
+TEST_P(VarlenPrefillGpu, MatchesReference) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  const DecodeCase c = varlen_prefill_cases()[GetParam()];
+  if (c.kernel == Kernel::kHopper && !is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";
+  run_case(c, 2000 + GetParam());
+}
+INSTANTIATE_TEST_SUITE_P(Cases, VarlenPrefillGpu,
+                         ::testing::Range(0, static_cast<int>(varlen_prefill_cases().size())));
+
+// The Hopper kernel refuses a varlen request without total_q / total_k, and a
+// paged one, with a message; kAuto still answers both.
+TEST(VarlenPrefillGpu, HopperRefusals) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";
+  FwdParams p;
+  p.device = Device::kCUDA;
+  p.batch = 1;
+  p.seqlen_q = p.seqlen_k = 128;
+  p.heads_q = p.heads_kv = 1;
+  p.head_dim = 64;
+  p.dtype = DType::kBFloat16;
+  set_contiguous_strides(p);
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = 0;
+  DeviceBuffer buf(3 * 128 * 64 * 2 + 128 * 64 * 2), cu(2 * 4);
+  const int32_t cu_host[2] = {0, 128};
+  ASSERT_EQ(cu.upload(cu_host, sizeof cu_host), cudaSuccess);
+  char* base = static_cast<char*>(buf.get());
+  p.q = base;
+  p.k = base + 128 * 64 * 2;
+  p.v = base + 2 * 128 * 64 * 2;
+  p.o = base + 3 * 128 * 64 * 2;
+  p.cu_seqlens_q = p.cu_seqlens_k = cu.as<int32_t>();
+  p.kernel = Kernel::kHopper;
+  Status st = forward(p);
+  EXPECT_EQ(st.code, StatusCode::kUnsupported);
+  EXPECT_NE(st.message.find("total_q"), std::string::npos) << st.message;
+  p.kernel = Kernel::kAuto;
+  st = forward(p);
+  EXPECT_TRUE(st.ok()) << st.message;
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 class DecodeGpu : public ::testing::TestWithParam<int> {};

@@ -179,7 +179,6 @@ struct Consumer {
     const int wg = ctid / 128;
     const int warp_in_wg = (ctid % 128) / 32;
     const int lane = ctid % 32;
-    const BlockMask<BM, BN> bm{p.mask};
     const float sl2 = p.score_scale_log2;
 
     if (kOverlap && p.pingpong && wg == 0) named_bar_arrive(1, 256);  // warpgroup 0 goes first
@@ -193,6 +192,8 @@ struct Consumer {
       if (t < 0) break;
       int m_block, head, b;
       p.sched.decode(t, m_block, head, b);
+      const TileSeq seq = tile_seq(p, b);
+      const BlockMask<BM, BN> bm{seq.mask(p)};
       int n_begin, n_end;
       bm.range(m_block, &n_begin, &n_end);
       const int64_t row0 = static_cast<int64_t>(m_block) * BM + wg * 64 + warp_in_wg * 16 + lane / 4;
@@ -302,7 +303,7 @@ struct Consumer {
           }
         }
       }
-      epilogue<Tr>(p, o, row_max, row_sum, row0, head, b, lane);
+      epilogue<Tr>(p, seq, o, row_max, row_sum, row0, head, b, lane);
     }
   }
 };

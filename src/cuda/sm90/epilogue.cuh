@@ -1,5 +1,5 @@
 // Epilogue of one consumer warpgroup: finish the row sums across the quad,
-// normalize O, store it (bf16x2/half2 per thread, rows past seqlen_q and
+// normalize O, store it (bf16x2/half2 per thread, rows past the sequence's end and
 // columns past head_dim dropped) and the LSE (natural log; -inf and O = 0 for
 // a fully masked row).
 #pragma once
@@ -13,8 +13,9 @@
 namespace flashattn { namespace cuda { namespace sm90 {
 
 template <class Tr>
-__device__ __forceinline__ void epilogue(const KernelParams& p, float (&o)[Tr::kHeadDim / 2], const float (&row_max)[2],
-                                         float (&row_sum)[2], int64_t row0, int head, int b, int lane) {
+__device__ __forceinline__ void epilogue(const KernelParams& p, const TileSeq& seq, float (&o)[Tr::kHeadDim / 2],
+                                         const float (&row_max)[2], float (&row_sum)[2], int64_t row0, int head, int b,
+                                         int lane) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
@@ -25,9 +26,10 @@ __device__ __forceinline__ void epilogue(const KernelParams& p, float (&o)[Tr::k
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row0 + 8 * r;
     const float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
-    if (row < p.seqlen_q) {
-      uint8_t* base = static_cast<uint8_t*>(p.o) +
-                      2 * (b * p.o_batch_stride + row * p.o_row_stride + head * p.o_head_stride);
+    if (row < seq.len_q) {
+      // Packed (varlen) rows: o_batch_stride is 0 and q_row0 the sequence's first row.
+      uint8_t* base = static_cast<uint8_t*>(p.o) + 2 * (b * p.o_batch_stride + (seq.q_row0 + row) * p.o_row_stride +
+                                                        head * p.o_head_stride);
 #pragma unroll
       for (int j = 0; j < Tr::kHeadDim / 8; ++j) {
         const int col = 8 * j + 2 * t;

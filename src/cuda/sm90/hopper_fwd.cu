@@ -37,20 +37,28 @@ Status run(const FwdParams& p) {
   // warpgroups (ping-pong needs the overlapped loop; see consumer.cuh).
   a.no_overlap = has("no_overlap");
 
-  Status st = make_tma_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
+  // Packed (varlen) tensors are one sequence of total rows with batch 1; the
+  // kernel adds each sequence's first row to its TMA coordinates (tile_seq).
+  const bool packed_q = p.cu_seqlens_q != nullptr, packed_k = p.cu_seqlens_k != nullptr;
+  const int64_t q_rows = packed_q ? p.total_q : p.seqlen_q, q_batch = packed_q ? 1 : p.batch;
+  const int64_t k_rows = packed_k ? p.total_k : p.seqlen_k, k_batch = packed_k ? 1 : p.batch;
+  Status st = make_tma_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, q_rows, p.heads_q, q_batch, p.q_row_stride,
                            p.q_head_stride, p.q_batch_stride, Tr::kBlockM);
   if (!st.ok()) return st;
-  st = make_tma_map(&a.tm_k, "k", p.k, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
+  st = make_tma_map(&a.tm_k, "k", p.k, p.dtype, p.head_dim, k_rows, p.heads_kv, k_batch, p.k_row_stride,
                     p.k_head_stride, p.k_batch_stride, Tr::kBlockN);
   if (!st.ok()) return st;
-  st = make_tma_map(&a.tm_v, "v", p.v, p.dtype, p.head_dim, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
+  st = make_tma_map(&a.tm_v, "v", p.v, p.dtype, p.head_dim, k_rows, p.heads_kv, k_batch, p.v_row_stride,
                     p.v_head_stride, p.v_batch_stride, Tr::kBlockN);
   if (!st.ok()) return st;
 
   KernelParams& k = a.params;
   k.o = p.o;
   k.lse = p.lse;
-  k.o_batch_stride = p.o_batch_stride;
+  k.o_batch_stride = packed_q ? 0 : p.o_batch_stride;
+  k.cu_seqlens_q = p.cu_seqlens_q;
+  k.cu_seqlens_k = p.cu_seqlens_k;
+  k.seqused_k = p.seqused_k;
   k.o_row_stride = p.o_row_stride;
   k.o_head_stride = p.o_head_stride;
   k.seqlen_q = static_cast<int>(p.seqlen_q);
@@ -98,8 +106,10 @@ Status run(const FwdParams& p) {
 Status hopper_forward(const FwdParams& p) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::Unsupported("hopper: only float16 and bfloat16 (use fa1 for float32)");
-  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
-    return Status::Unsupported("hopper: varlen and KV-cache inputs are not supported yet");
+  if (p.block_table) return Status::Unsupported("hopper: no paged KV cache (block_table); the decode kernel reads it");
+  if (p.cu_seqlens_q && (p.total_q <= 0 || (p.total_k <= 0 && p.cu_seqlens_k)))
+    return Status::Unsupported("hopper: a varlen request needs total_q and total_k (the packed tensors' rows) to bound "
+                               "its TMA reads");
   if (p.head_dim_v != 0 && p.head_dim_v != p.head_dim)
     return Status::Unsupported("hopper: head_dim_v must equal head_dim");
   // The smallest compiled kernel whose (padded) head dim covers the request;

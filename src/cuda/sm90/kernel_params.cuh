@@ -24,13 +24,54 @@ struct KernelParams {
   float softcap_in = 0.0f;  // scale / softcap, 0 = no softcap
   float score_scale = 0.0f;       // scale, or softcap when softcapping
   float score_scale_log2 = 0.0f;  // score_scale * log2(e)
-  Mask mask;
+  Mask mask;  // seqlen_q / seqlen_k: the maxima when varlen (tile_seq has each sequence's)
   TileScheduler sched;
+  // Variable-length batches / KV-cache lengths (params.h): packed q/o rows by
+  // cu_seqlens_q, packed k/v rows by cu_seqlens_k, used keys by seqused_k.
+  const int* cu_seqlens_q = nullptr;
+  const int* cu_seqlens_k = nullptr;
+  const int* seqused_k = nullptr;
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
   // Dynamic tile scheduler (tile_scheduler.cuh): {next tile - gridDim.x, finished
   // CTAs}, zero at launch and left zero; nullptr = static round-robin.
   int* tile_counter = nullptr;
 };
+
+// Where sequence b lives and what it may see: the TMA coordinates of its first
+// query / key row (row, batch) and its mask with its own lengths (bottom-right
+// alignment per sequence). Dense batches read nothing from memory here.
+struct TileSeq {
+  int q_row0 = 0, q_batch = 0;
+  int k_row0 = 0, k_batch = 0;
+  int len_q = 0, len_k = 0;
+  // 32-bit lengths keep the consumers' registers low; the 64-bit Mask is
+  // rebuilt where it is used (window sizes stay in the kernel parameters).
+  __device__ __forceinline__ Mask mask(const KernelParams& p) const {
+    Mask m = p.mask;
+    m.seqlen_q = len_q;
+    m.seqlen_k = len_k;
+    return m;
+  }
+};
+__device__ __forceinline__ TileSeq tile_seq(const KernelParams& p, int b) {
+  TileSeq s;
+  s.len_q = static_cast<int>(p.mask.seqlen_q);
+  s.len_k = static_cast<int>(p.mask.seqlen_k);
+  if (p.cu_seqlens_q != nullptr) {
+    s.q_row0 = p.cu_seqlens_q[b];
+    s.len_q = p.cu_seqlens_q[b + 1] - s.q_row0;
+  } else {
+    s.q_batch = b;
+  }
+  if (p.cu_seqlens_k != nullptr) {
+    s.k_row0 = p.cu_seqlens_k[b];
+    s.len_k = p.cu_seqlens_k[b + 1] - s.k_row0;
+  } else {
+    s.k_batch = b;
+  }
+  if (p.seqused_k != nullptr) s.len_k = p.seqused_k[b];
+  return s;
+}
 
 // Everything one launch needs; built by hopper_fwd.cu, consumed by the
 // instantiation files (launch_hopper_fwd<D, BF16> in kernel.cuh).

@@ -29,38 +29,45 @@ struct RingPos {
 template <class Tr>
 __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const KernelParams& p, const void* tm_q,
                                               const void* tm_k, const void* tm_v) {
-  const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{p.mask};
   RingPos kpos, vpos;
   uint32_t tile_iter = 0;
-  auto load_k = [&](int n, int head_kv, int b) {
+  auto load_k = [&](int n, int head_kv, const TileSeq& seq) {
     mbar_wait(&s.k_empty[kpos.stage], kpos.phase ^ 1);
     mbar_arrive_expect_tx(&s.k_full[kpos.stage], Tr::kKBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
-      tma_load_4d(s.k[kpos.stage] + c * Tr::kBlockN * 128, tm_k, &s.k_full[kpos.stage], c * 64, n * Tr::kBlockN,
-                  head_kv, b);
+      tma_load_4d(s.k[kpos.stage] + c * Tr::kBlockN * 128, tm_k, &s.k_full[kpos.stage], c * 64,
+                  seq.k_row0 + n * Tr::kBlockN, head_kv, seq.k_batch);
     kpos.advance<Tr::kStages>();
   };
-  auto load_v = [&](int n, int head_kv, int b) {
+  auto load_v = [&](int n, int head_kv, const TileSeq& seq) {
     mbar_wait(&s.v_empty[vpos.stage], vpos.phase ^ 1);
     mbar_arrive_expect_tx(&s.v_full[vpos.stage], Tr::kVBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
-      tma_load_4d(s.v[vpos.stage] + c * Tr::kBlockN * 128, tm_v, &s.v_full[vpos.stage], c * 64, n * Tr::kBlockN,
-                  head_kv, b);
+      tma_load_4d(s.v[vpos.stage] + c * Tr::kBlockN * 128, tm_v, &s.v_full[vpos.stage], c * 64,
+                  seq.k_row0 + n * Tr::kBlockN, head_kv, seq.k_batch);
     vpos.advance<Tr::kStages>();
   };
   // The tile index reaches the consumers through s.tile, written before the Q
   // barrier phase of that tile completes; -1 (with a plain arrival) ends them.
   for (int t = blockIdx.x < p.sched.total() ? static_cast<int>(blockIdx.x) : -1;; ++tile_iter) {
+    // Tiles past their sequence's end (varlen: the tile grid covers the longest
+    // sequence) are skipped here, so the consumers never see them.
+    int m_block = 0, head = 0, b = 0;
+    TileSeq seq;
+    for (; t >= 0; t = p.sched.next(t, p.tile_counter)) {
+      p.sched.decode(t, m_block, head, b);
+      seq = tile_seq(p, b);
+      if (m_block * Tr::kBlockM < seq.len_q) break;
+    }
     mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
     s.tile = t;
     if (t < 0) {
       mbar_arrive(&s.q_full);
       break;
     }
-    int m_block, head, b;
-    p.sched.decode(t, m_block, head, b);
+    const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{seq.mask(p)};
     int n_begin, n_end;
     bm.range(m_block, &n_begin, &n_end);
     const int head_kv = head / p.group;
@@ -68,13 +75,14 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
     mbar_arrive_expect_tx(&s.q_full, Tr::kQBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c)
-      tma_load_4d(s.q + c * Tr::kBlockM * 128, tm_q, &s.q_full, c * 64, m_block * Tr::kBlockM, head, b);
+      tma_load_4d(s.q + c * Tr::kBlockM * 128, tm_q, &s.q_full, c * 64, seq.q_row0 + m_block * Tr::kBlockM, head,
+                  seq.q_batch);
     // K_{n+1} before V_n: the consumers need K_{n+1} (for S_{n+1}) before they
     // need V_n (for O += P_n V_n, issued after S_{n+1} in the overlapped loop).
-    if (n_begin < n_end) load_k(n_begin, head_kv, b);
+    if (n_begin < n_end) load_k(n_begin, head_kv, seq);
     for (int n = n_begin; n < n_end; ++n) {
-      if (n + 1 < n_end) load_k(n + 1, head_kv, b);
-      load_v(n, head_kv, b);
+      if (n + 1 < n_end) load_k(n + 1, head_kv, seq);
+      load_v(n, head_kv, seq);
     }
     t = p.sched.next(t, p.tile_counter);
   }
