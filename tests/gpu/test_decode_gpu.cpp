@@ -298,6 +298,19 @@ TEST(VarlenPrefillGpu, HopperRefusals) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
+// For compute-sanitizer (gpu_check.sh runs Sanitize*): packed varlen through
+// the Hopper kernel with more tiles than SMs, so the dynamic tile counter, the
+// skipped tiles past short sequences and the TMA reads at the end of the packed
+// tensors all run.
+TEST(SanitizeVarlenPrefill, HopperManyTiles) {
+  FLASHATTN_SKIP_WITHOUT_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";
+  DecodeCase c;
+  c.kernel = Kernel::kHopper; c.heads_q = 64; c.heads_kv = 8; c.head_dim = 64; c.seqlen_q = 300; c.capacity = 300;
+  c.causal = true; c.len_q = {300, 5, 129}; c.used = {300, 1, 129};
+  run_case(c, 79);
+}
+
 class DecodeGpu : public ::testing::TestWithParam<int> {};
 
 std::vector<DecodeCase> decode_cases() {
