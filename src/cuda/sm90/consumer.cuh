@@ -155,9 +155,9 @@ struct Consumer {
     wgmma_commit();
   }
 
-  // Ping-pong (p.pingpong): the two consumer warpgroups take turns issuing
-  // their GEMMs (named barrier 1 + wg, 256 threads: 128 wait, the other 128
-  // arrive), so one warpgroup's softmax runs while the other's GEMMs use the
+  // Ping-pong (p.pingpong): the consumer warpgroups take turns, round robin, issuing
+  // their GEMMs (named barrier 1 + wg, 256 threads: 128 wait, the previous
+  // warpgroup's 128 arrive), so one warpgroup's softmax runs while another's GEMMs use the
   // tensor cores. Every GEMM-issue slot of a tile is one turn, and both
   // warpgroups run the same number of slots per tile; the kernel start gives
   // warpgroup 0 its first turn.
@@ -165,7 +165,7 @@ struct Consumer {
     if (p.pingpong) named_bar_sync(1 + wg, 256);
   }
   static __device__ __forceinline__ void turn_end(const KernelParams& p, int wg) {
-    if (p.pingpong) named_bar_arrive(1 + (wg ^ 1), 256);
+    if (p.pingpong) named_bar_arrive(1 + (wg + 1) % Tr::kConsumerWGs, 256);
   }
 
   // kOverlap (intra-warpgroup overlap): while O += P_{n-1} V_{n-1} runs on the

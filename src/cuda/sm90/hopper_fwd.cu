@@ -28,7 +28,7 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, static_schedule. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, static_schedule, wg3. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -36,6 +36,8 @@ Status run(const FwdParams& p) {
   // By default: the intra-warpgroup overlap and the ping-pong of the two consumer
   // warpgroups (ping-pong needs the overlapped loop; see consumer.cuh).
   a.no_overlap = has("no_overlap");
+  // Head dim 64: three consumer warpgroups, 192-row tiles (experiment).
+  a.block_m = D == 64 && has("wg3") ? 192 : Tr::kBlockM;
 
   // Packed (varlen) tensors are one sequence of total rows with batch 1; the
   // kernel adds each sequence's first row to its TMA coordinates (tile_seq).
@@ -43,7 +45,7 @@ Status run(const FwdParams& p) {
   const int64_t q_rows = packed_q ? p.total_q : p.seqlen_q, q_batch = packed_q ? 1 : p.batch;
   const int64_t k_rows = packed_k ? p.total_k : p.seqlen_k, k_batch = packed_k ? 1 : p.batch;
   Status st = make_tma_map(&a.tm_q, "q", p.q, p.dtype, p.head_dim, q_rows, p.heads_q, q_batch, p.q_row_stride,
-                           p.q_head_stride, p.q_batch_stride, Tr::kBlockM);
+                           p.q_head_stride, p.q_batch_stride, a.block_m);
   if (!st.ok()) return st;
   st = make_tma_map(&a.tm_k, "k", p.k, p.dtype, p.head_dim, k_rows, p.heads_kv, k_batch, p.k_row_stride,
                     p.k_head_stride, p.k_batch_stride, Tr::kBlockN);
@@ -74,7 +76,7 @@ Status run(const FwdParams& p) {
   }
   k.score_scale_log2 = k.score_scale * 1.4426950408889634f;
   k.mask = make_mask(p);
-  k.sched.num_m_blocks = static_cast<int>((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
+  k.sched.num_m_blocks = static_cast<int>((p.seqlen_q + a.block_m - 1) / a.block_m);
   k.sched.heads = static_cast<int>(p.heads_q);
   k.sched.batch = static_cast<int>(p.batch);
   k.sched.longest_first = k.mask.window_right >= 0;

@@ -6,15 +6,23 @@
 
 namespace flashattn { namespace cuda { namespace sm90 {
 
-// 3 warpgroups: WG0 = producer (TMA), WG1/WG2 = consumers, 64 query rows each.
-constexpr int kNumThreads = 384;
+// WG0 = producer (TMA), then kConsumerWGs consumer warpgroups of 64 query rows
+// each: 2 by default (384 threads), 3 for the d64 experiment variant `wg3`
+// (512 threads, BM = 192, as FA3 does for head dim 64).
+constexpr int kNumThreads = 384;  // the default configuration
 constexpr int kConsumerWarps = 8;
 
-template <int kHeadDim_, bool kBF16_>
+template <int kHeadDim_, bool kBF16_, int kConsumerWGs_ = 2>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;  // padded head dim: 64, 128 or 256
   static constexpr bool kBF16 = kBF16_;
-  static constexpr int kBlockM = 128;         // 2 consumer warpgroups x 64 rows
+  static constexpr int kConsumerWGs = kConsumerWGs_;
+  static constexpr int kThreads = 128 * (1 + kConsumerWGs);
+  static constexpr int kConsumerWarps = 4 * kConsumerWGs;
+  // The producer keeps 24 registers; the consumers split the rest of the 64K
+  // (multiple of 8): 240 with two consumer warpgroups, 160 with three.
+  static constexpr int kConsumerRegs = (65536 - 128 * 24) / (128 * kConsumerWGs) / 8 * 8;
+  static constexpr int kBlockM = 64 * kConsumerWGs;
   // Keys per block. 256 needs a narrower block to fit two K/V stages + Q in
   // 227 KB of smem and S (40 regs) + O (128 regs) in 240 registers.
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80;
