@@ -6,7 +6,7 @@
 // Sweeps (issues 4-8): 16k tokens per batch and hidden 2048, so for N in
 // 512..16k: B = 16384 / N and H = 2048 / D for D in {64, 128, 256}, causal and not.
 //   --gpu            forward of naive (where S fits), fa1 (N <= 2k), fa2, hopper, auto; row softmax GB/s
-//   --gpu --bwd      backward of fa2, hopper and auto
+//   --gpu --bwd      backward of fa2, hopper, auto and hopper_det (hopper, deterministic = true)
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 //   --gpu --varlen   a packed ragged batch (cu_seqlens) vs the dense batch of the same 16k tokens: TFLOPS
 #include <algorithm>
@@ -383,6 +383,11 @@ void build_attention_sweep(Sweep& s, bool bwd) {
           r.name = kernel_name(k);
           s.rows.push_back(r);
         }
+        if (bwd) {  // the Hopper backward with deterministic = true
+          Row r = base;
+          r.name = "hopper_det";
+          s.rows.push_back(r);
+        }
         s.add_torch(base, "flash", bwd);
         s.add_torch(base, "cudnn", bwd);
       }
@@ -656,8 +661,9 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
     p.kernel = r->name == "naive" ? Kernel::kNaive
                : r->name == "fa1"  ? Kernel::kFA1
                : r->name == "fa2"  ? Kernel::kFA2
-               : r->name == "hopper" ? Kernel::kHopper
-                                     : Kernel::kAuto;
+               : r->name == "hopper" || r->name == "hopper_det" ? Kernel::kHopper
+                                                                : Kernel::kAuto;
+    p.deterministic = r->name == "hopper_det";
     s.measure(*r, sets, [&](int i) {
       bind(i);
       return bwd ? backward(p) : forward(static_cast<const FwdParams&>(p));

@@ -22,7 +22,7 @@ Status fa1_forward(const FwdParams& p);      // fa1.cu
 Status fa2_forward(const FwdParams& p);      // fa2/ (sm80+ tensor cores)
 Status fa2_backward(const BwdParams& p);     // fa2/ backward
 Status hopper_forward(const FwdParams& p);   // sm90/ (sm90a)
-Status hopper_backward(const BwdParams& p);  // sm90/ backward (sm90a; head dims <= 128, not deterministic)
+Status hopper_backward(const BwdParams& p);  // sm90/ backward (sm90a; head dims <= 128; deterministic too)
 Status softmax_forward(const SoftmaxParams& p);  // softmax.cu
 // decode/: split-KV (flash-decoding) forward for KV-cache / varlen requests with
 // few query rows per kv head (docs/07-inference.md), and the KV-cache append.

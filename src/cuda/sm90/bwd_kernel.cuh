@@ -8,6 +8,7 @@
 //        (query head of the kv group, Q block that sees the key block): Q_i and
 //        dO_i (TMA, 64 rows) plus LSE_i and Delta_i (plain loads, 64 floats)
 //        into a 2-stage ring guarded by full / empty mbarriers.
+//        kBulkDq (below): lane 0 of warps 1 (and 2 at d128) writes dQ out.
 //   WG1, WG2: consumers, each owning 64 of the 128 keys. Per Q block, in
 //   issue order (each GEMM its own commit group, so the math of one step runs
 //   while the tensor cores do the previous GEMM):
@@ -24,6 +25,28 @@
 //       d64:  WG w computes all 64 columns over its own 64 keys; both add.
 //     dQ goes to the fp32 dq_accum with red.global.add.v4.f32 (unscaled, like
 //     the FA2 rung: bwd_convert_dq multiplies by the scale).
+//   Variants (kFlags, picked on the host: FLASHATTN_HOPPER_BWD_VARIANT, and
+//   `deterministic`):
+//     kBulkDq: dQ is not added from registers; each consumer warpgroup stores its
+//       64 x 64 dQ tile into shared memory (a swizzled layout, see dq_offset) and
+//       a writer warp of WG0 (warp 1 + k) adds the whole 16 KB tile to dq_accum
+//       with one cp.reduce.async.bulk .add.f32 (dq_accum then has that layout
+//       inside every 64-row Q block; hopper_bwd.cu converts it).
+//     kDet (implies kBulkDq): bit-identical dQ. Key blocks run in decreasing
+//       order (blockIdx.x 0 = the last key block), and the writer adds a Q
+//       block's tile only after every higher key block that visits that Q block
+//       has added its own (a counter per (batch, query head, Q block, writer)
+//       in the workspace: wait until it equals the number of such key blocks,
+//       add, wait for completion, release-increment). A CTA only ever waits for
+//       CTAs with a lower linear block index, which were scheduled before it.
+//       d64: both warpgroups add to the same 64 columns; one writer adds the
+//       two tiles one after the other (the second after the first completed).
+//     kDqFirst: dQ is issued before dK, so the dQ tile is written out while the
+//       dK GEMM still runs (instead of after both); dK then reads dS^T from its
+//       shared-memory tile (ss) instead of registers, to free them.
+//     kDq32 (d64 only): each warpgroup computes 32 of the 64 dQ columns over
+//       all 128 keys (m64n32, after the barrier of both warpgroups) instead of
+//       all 64 columns over its own 64 keys: half the dQ additions.
 //   Epilogue: dK * scale and dV in the dtype, rows >= seqlen_k and columns >=
 //   head_dim dropped.
 //
@@ -40,6 +63,7 @@
 #include <cuda_fp16.h>
 
 #include <cstddef>
+#include <string>
 
 #include "cuda/cuda_utils.cuh"
 #include "cuda/sm90/bwd_params.cuh"
@@ -53,10 +77,25 @@ constexpr int kConsumerWarps = 8;   // arrivals on an empty barrier
 constexpr int kProducerLanes = 32;  // arrivals on a full barrier (warp 0 of WG0)
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int kHeadDim_, bool kBF16_>
+template <int kHeadDim_, bool kBF16_, int kFlags_ = 0>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;  // padded head dim: 64 or 128
   static constexpr bool kBF16 = kBF16_;
+  static constexpr bool kDet = (kFlags_ & kFlagDet) != 0;
+  static constexpr bool kBulkDq = kDet || (kFlags_ & kFlagBulkDq) != 0;
+  static constexpr bool kDqFirst = (kFlags_ & kFlagDqFirst) != 0;
+  // dQ = dS K per warpgroup, 64 query rows x kDqCols columns:
+  //   d128: columns [64 wg, +64) over all 128 keys (the two dS^T halves meet);
+  //   d64: all 64 columns over the warpgroup's own 64 keys (both add to them),
+  //   or with kFlagDq32 columns [32 wg, +32) over all 128 keys (m64n32).
+  static constexpr bool kDq32 = kHeadDim_ == 64 && (kFlags_ & kFlagDq32) != 0;
+  static constexpr bool kDqSplitCols = kHeadDim_ == 128 || kDq32;  // the warpgroups own disjoint columns
+  static constexpr int kDqCols = kDq32 ? 32 : 64;
+  static constexpr int kDqKSteps = kDqSplitCols ? bwd::kBlockN / 16 : 64 / 16;
+  // Writer warps of the bulk dQ: one per consumer warpgroup where they own
+  // disjoint columns, else one for both (they add to the same columns).
+  static constexpr int kWriters = kDqSplitCols ? 2 : 1;
+  static constexpr int kDqTileBytes = 64 * kDqCols * 4;  // one warpgroup's dQ tile (fp32)
   static constexpr int kBlockM = bwd::kBlockM;  // query rows per Q block (64)
   static constexpr int kBlockN = bwd::kBlockN;  // keys per CTA (128), 64 per consumer warpgroup
   static constexpr int kStages = 2;    // Q / dO / LSE / Delta ring
@@ -64,9 +103,6 @@ struct Traits {
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // Q or dO tile of one stage
   static constexpr int kKBytes = kBlockN * kHeadDim * 2;  // K or V tile
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // dS^T tile
-  // dQ = dS K per warpgroup: 64 query rows x 64 columns either way (32 registers).
-  static constexpr bool kDqSplitCols = kHeadDim == 128;
-  static constexpr int kDqKSteps = kDqSplitCols ? kBlockN / 16 : 64 / 16;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "the Hopper backward has head dims 64 and 128");
   static_assert(kQBytes % 1024 == 0 && kKBytes % 1024 == 0 && kDsBytes % 1024 == 0,
                 "tiles must keep the 1024-byte swizzle alignment");
@@ -82,11 +118,15 @@ struct SharedStorage {
   // per-iteration barrier between the consumers, a warpgroup can be at most one
   // iteration ahead, so it never overwrites a buffer the other one still reads.
   alignas(1024) uint8_t ds[2][Tr::kDsBytes];
+  // kBulkDq: each consumer warpgroup's dQ tile on its way to dq_accum.
+  alignas(1024) uint8_t dq[Tr::kBulkDq ? 2 : 1][Tr::kBulkDq ? Tr::kDqTileBytes : 16];
   float lse2[Tr::kStages][Tr::kBlockM];   // LSE * log2(e); +inf for rows that see nothing or are padding
   float delta[Tr::kStages][Tr::kBlockM];  // rowsum(dO * O)
   uint64_t kv_full;                       // K and V landed
   uint64_t full[Tr::kStages];             // Q, dO (TMA bytes) + LSE, Delta (32 producer-lane arrivals)
   uint64_t empty[Tr::kStages];            // consumers are done with the stage (8 warp arrivals)
+  uint64_t dq_full[2];                    // kBulkDq: warpgroup w's dQ tile is in shared memory (128 arrivals)
+  uint64_t dq_empty[2];                   // kBulkDq: the writer has read it (1 arrival); right after dq_full
 };
 
 // Shared-memory address of a member, from the storage's address `base`.
@@ -174,6 +214,117 @@ __device__ __forceinline__ void red_add_f32x4(float* dst, float a, float b, floa
                : "memory");
 }
 
+// ---- bulk dQ (kBulkDq) and the deterministic semaphores ---------------------
+// *(addr ^ flip) = (a, b), the swizzle computed at the store (see st_shared_xor_u32).
+__device__ __forceinline__ void st_shared_xor_f32x2(uint32_t addr, uint32_t flip, float a, float b) {
+  asm volatile("{\n.reg .b32 x;\nxor.b32 x, %0, %1;\nst.shared.v2.f32 [x], {%2, %3};\n}" ::"r"(addr), "r"(flip),
+               "f"(a), "f"(b)
+               : "memory");
+}
+// mbar_wait / mbar_arrive on a shared-memory address (no generic pointer to hoist).
+__device__ __forceinline__ void mbar_wait_addr(uint32_t addr, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive_addr(uint32_t addr) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(addr) : "memory");
+}
+// dst[0 .. bytes/4) += the floats at shared address src (one bulk reduction, async proxy).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// All committed bulk operations have finished reading shared memory / have completed.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// Orders this thread's async-proxy (bulk) global accesses with its generic ones.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+__device__ __forceinline__ int ld_acquire_gpu(const int* ptr) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
+}
+// Everything this thread wrote before (and, through the fence's cumulativity,
+// what it observed) becomes visible before the increment.
+__device__ __forceinline__ void release_inc_gpu(int* ptr) {
+  asm volatile("fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(ptr) : "memory");
+}
+
+// wgmma with A K-major and B MN-major from shared memory (tnspA = 0, tnspB = 1):
+// dK += dS^T Q with dS^T read from its shared-memory tile (kDqFirst), so the
+// packed dS^T registers are free while dQ is written out. Written out like
+// wgmma.cuh (generated by the loop in the commit that added it).
+template <int N, bool BF16> struct WgmmaSsTB;
+template <> struct WgmmaSsTB<64, false> {
+  __device__ __forceinline__ static void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+template <> struct WgmmaSsTB<64, true> {
+  __device__ __forceinline__ static void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+template <> struct WgmmaSsTB<128, false> {
+  __device__ __forceinline__ static void ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+template <> struct WgmmaSsTB<128, true> {
+  __device__ __forceinline__ static void ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+
+// m64n32k16, both operands MN-major from shared memory (dQ with kFlagDq32).
+template <bool BF16> struct Wgmma32TT;
+template <> struct Wgmma32TT<false> {
+  __device__ __forceinline__ static void ss(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+template <> struct Wgmma32TT<true> {
+  __device__ __forceinline__ static void ss(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+};
+
 // A 64x64 accumulator (keys x queries) re-packed as the A fragments of four
 // k16 steps over the queries (the forward's pack_p).
 template <bool kBF16>
@@ -233,6 +384,66 @@ __device__ __forceinline__ void producer(SharedStorage<Tr>& s, const MainParams&
       phase ^= 1;
     }
   }
+}
+
+// ---- dQ writer (kBulkDq: lane 0 of warp 1 + k of WG0) ----------------------------
+// Writer k adds consumer warpgroup k's dQ tile (d128: columns [64k, 64k + 64),
+// 16 KB at offset 16 KB * k of the Q block), or at d64 (one writer) both
+// warpgroups' tiles, each covering the Q block's 64 columns.
+template <class Tr>
+__device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams& p, const QBlocks& qb, int n_block,
+                                          int hk, int b, int k) {
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, D = Tr::kHeadDim;
+  constexpr int kTiles = Tr::kWriters == 2 ? 1 : 2;  // tiles per writer
+  const int num_m_total = p.seqlen_q_pad / BM;
+  const uint32_t sb0 = smem_addr(&s);
+  for (int it = 0; it < qb.total; ++it) {
+    const int hh = it / qb.num_m;
+    const int m = qb.m_begin + (it - hh * qb.num_m);
+    const int64_t bhm = (static_cast<int64_t>(b) * p.heads_q + hk * p.group + hh) * num_m_total + m;
+    int* sem = nullptr;
+    if constexpr (Tr::kDet) {
+      // The key blocks that visit Q block m are a contiguous range ending at
+      // n_last (the mask's key range of its last row); the ones above this CTA
+      // add first.
+      const int i_last = min(m * BM + BM, p.seqlen_q) - 1;
+      int64_t j_top = p.seqlen_k - 1;
+      if (p.mask.window_right >= 0)
+        j_top = min(j_top, static_cast<int64_t>(i_last) + p.seqlen_k - p.seqlen_q + p.mask.window_right);
+      const int target = static_cast<int>(j_top / BN) - n_block;
+      sem = p.dq_sem + bhm * Tr::kWriters + k;
+      while (ld_acquire_gpu(sem) < target) {
+      }
+      fence_proxy_async_global();  // the adds below come after the ones observed
+    }
+    // (Addresses from an opaque base per iteration: hoisted, they would not
+    // fit the writer's 32 registers.)
+    const uint32_t sb = opaque(sb0);
+#pragma unroll
+    for (int tt = 0; tt < kTiles; ++tt) {
+      const int w = Tr::kWriters == 2 ? k : tt;
+      mbar_wait_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_full)) + 8 * w, it & 1);
+      if constexpr (Tr::kDet) {
+        if (tt > 0) bulk_wait_all();  // d64: the second tile adds after the first completed
+      }
+      bulk_reduce_add_f32(p.dq_accum + bhm * (BM * D) + (Tr::kWriters == 2 ? w * (Tr::kDqTileBytes / 4) : 0),
+                          sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq)) + w * Tr::kDqTileBytes,
+                          Tr::kDqTileBytes);
+      bulk_commit();
+    }
+    if constexpr (Tr::kDet) {
+      bulk_wait_all();
+      fence_proxy_async_global();
+    } else {
+      bulk_wait_read();
+    }
+#pragma unroll
+    for (int tt = 0; tt < kTiles; ++tt)
+      mbar_arrive_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_empty)) +
+                       8 * (Tr::kWriters == 2 ? k : tt));
+    if constexpr (Tr::kDet) release_inc_gpu(sem);
+  }
+  bulk_wait_all();
 }
 
 // ---- consumers (WG1, WG2) -------------------------------------------------------
@@ -333,6 +544,54 @@ __device__ __forceinline__ void compute_ds_softcap(const MainParams& p, const fl
   }
 }
 
+// The warpgroup's 64 x 64 dQ tile (accumulator layout) to dq_accum: red.global
+// from registers, or (kBulkDq) into its shared-memory tile in the dq_offset
+// layout for the writer warp.
+template <class Tr>
+__device__ __forceinline__ void store_dq(uint32_t sb, const MainParams& p, const float (&dq)[Tr::kDqCols / 2], int b,
+                                         int h, int i0, int it, int wg, int warp, int g, int t) {
+  constexpr int D = Tr::kHeadDim;
+  if constexpr (Tr::kBulkDq) {
+    // Row r = 16 warp + g (and r + 8, same r % 8 = g), columns 8j + 2t + {0,1}:
+    // chunk j / 4, 16-byte unit 2 (j % 4) + t / 2, second half for odd t.
+    // Per store instruction the 32 lanes hit every bank pair exactly twice.
+    // (dq_empty[wg] was waited for before the dQ GEMM: a spin loop here, with
+    // dQ, dK and dV live, makes ptxas spill.)
+    const uint32_t bars = sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_full)) + 8 * wg;
+    // The tile is 1024-byte aligned, so the unit bits 4..6 of `row` are zero and
+    // the swizzled unit is an XOR: (2 (j % 4)) ^ (t / 2) ^ g.
+    const uint32_t row = sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq)) + wg * Tr::kDqTileBytes +
+                         (16 * warp + g) * 128 + (t & 1) * 8;
+    const uint32_t row_x = row ^ (static_cast<uint32_t>(g ^ (t >> 1)) << 4);
+#pragma unroll
+    for (int j = 0; j < Tr::kDqCols / 8; ++j) {
+      st_shared_xor_f32x2(row_x + (j / 4) * 8192, (2 * (j % 4)) << 4, dq[4 * j], dq[4 * j + 1]);
+      st_shared_xor_f32x2(row_x + (j / 4) * 8192 + 1024, (2 * (j % 4)) << 4, dq[4 * j + 2], dq[4 * j + 3]);
+    }
+    fence_proxy_async();  // generic stores, read next by the bulk copy
+    mbar_arrive_addr(bars);  // dq_full[wg]
+  } else {
+    // dq_accum += dQ. Thread pairs (t, t ^ 1) swap halves so each adds 4
+    // consecutive floats of one row: even t row g, odd t row g + 8.
+    const bool odd = t & 1;
+    float* dst = p.dq_accum +
+                 ((static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q_pad + i0 + 16 * warp + g + (odd ? 8 : 0)) * D +
+                 (Tr::kDqSplitCols ? Tr::kDqCols * wg : 0);
+#pragma unroll
+    for (int j = 0; j < Tr::kDqCols / 8; ++j) {
+      const float s0 = odd ? dq[4 * j + 0] : dq[4 * j + 2];
+      const float s1 = odd ? dq[4 * j + 1] : dq[4 * j + 3];
+      const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+      const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+      const int c = 8 * j + 2 * (t & ~1);
+      if (odd)
+        red_add_f32x4(dst + c, r0, r1, dq[4 * j + 2], dq[4 * j + 3]);
+      else
+        red_add_f32x4(dst + c, dq[4 * j + 0], dq[4 * j + 1], r0, r1);
+    }
+  }
+}
+
 template <class Tr>
 __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams& p, const QBlocks& qb, int n_block,
                                          int hk, int b) {
@@ -423,53 +682,65 @@ __device__ __forceinline__ void consumer(SharedStorage<Tr>& s, const MainParams&
     }
     fence_proxy_async();  // the generic-proxy stores above, read next by wgmma
 
-    // dK += dS^T Q (B8).
-    fence_regs(dk);
-    wgmma_fence();
+    // dK += dS^T Q (B8) and dQ_i = dS K_j (B9). dQ: A = dS (64 queries x keys)
+    // read from the dS^T tile as MN-major, B = K (keys x 64 columns) MN-major;
+    // it needs the other warpgroup's half of dS^T at d128.
+    // kDqFirst: dK is issued after the barrier, its A (dS^T) from the tile.
+    auto issue_dk = [&] {
+      fence_regs(dk);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) MmaD::rs(dk, pds[kk], desc_mnmajor(sq, BM, 16 * kk), 1);
-    wgmma_commit();
-
-    // dQ_i = dS K_j (B9): A = dS (64 queries x keys) read from the dS^T tile as
-    // MN-major, B = K (keys x 64 columns) MN-major.
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        if constexpr (Tr::kDqFirst)
+          WgmmaSsTB<D, Tr::kBF16>::ss(dk, desc_kmajor(ds, BN, 64 * wg, kk), desc_mnmajor(sq, BM, 16 * kk), 1);
+        else
+          MmaD::rs(dk, pds[kk], desc_mnmajor(sq, BM, 16 * kk), 1);
+      }
+      wgmma_commit();
+    };
+    if constexpr (!Tr::kDqFirst) issue_dk();
     if constexpr (Tr::kDqSplitCols)
       named_bar_sync(1, 256);  // both halves of dS^T are in shared memory
     else
       named_bar_sync(2 + wg, 128);  // this warpgroup's half is
     const int key0 = Tr::kDqSplitCols ? 0 : 64 * wg;
-    const uint32_t kcols = sk + (Tr::kDqSplitCols ? wg * BN * 128 : 0);
-    float dq[32];
+    // K columns of this warpgroup: the next 64-column chunk (d128), or 64 bytes
+    // into the 128-byte swizzled rows (kDq32: the MN-major start address
+    // offset, like the +32 B k-steps of desc_kmajor).
+    const uint32_t kcols = sk + (Tr::kDq32 ? wg * 64 : Tr::kDqSplitCols ? wg * BN * 128 : 0);
+    if constexpr (Tr::kBulkDq)  // dq_empty[wg]: the writer has read the previous dQ tile
+      mbar_wait_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_empty)) + 8 * wg, (it & 1) ^ 1);
+    float dq[Tr::kDqCols / 2];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < Tr::kDqKSteps; ++kk)
-      Mma64::ss_tA(dq, desc_mnmajor(ds, BN, key0 + 16 * kk), desc_mnmajor(kcols, BN, key0 + 16 * kk), kk > 0);
+    for (int kk = 0; kk < Tr::kDqKSteps; ++kk) {
+      if constexpr (Tr::kDq32)
+        Wgmma32TT<Tr::kBF16>::ss(dq, desc_mnmajor(ds, BN, key0 + 16 * kk), desc_mnmajor(kcols, BN, key0 + 16 * kk),
+                                 kk > 0);
+      else
+        Mma64::ss_tA(dq, desc_mnmajor(ds, BN, key0 + 16 * kk), desc_mnmajor(kcols, BN, key0 + 16 * kk), kk > 0);
+    }
     wgmma_commit();
 
-    wgmma_wait<1>();  // dV, dK done: Q, dO, LSE, Delta of this stage are free
-    fence_regs(dv);
-    fence_regs(dk);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&s.empty[stage]);
-    wgmma_wait<0>();
-    fence_regs(dq);
-
-    // dq_accum += dQ. Thread pairs (t, t ^ 1) swap halves so each adds 4
-    // consecutive floats of one row: even t row g, odd t row g + 8.
-    const bool odd = t & 1;
-    float* dst = p.dq_accum +
-                 ((static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q_pad + i0 + 16 * warp + g + (odd ? 8 : 0)) * D +
-                 (Tr::kDqSplitCols ? 64 * wg : 0);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float s0 = odd ? dq[4 * j + 0] : dq[4 * j + 2];
-      const float s1 = odd ? dq[4 * j + 1] : dq[4 * j + 3];
-      const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-      const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-      const int c = 8 * j + 2 * (t & ~1);
-      if (odd)
-        red_add_f32x4(dst + c, r0, r1, dq[4 * j + 2], dq[4 * j + 3]);
-      else
-        red_add_f32x4(dst + c, dq[4 * j + 0], dq[4 * j + 1], r0, r1);
+    if constexpr (Tr::kDqFirst) {
+      issue_dk();
+      wgmma_wait<1>();  // dV and dQ done, dK still runs while dQ is written out
+      fence_regs(dv);
+      fence_regs(dq);
+      store_dq<Tr>(sb, p, dq, b, h, i0, it, wg, warp, g, t);
+      wgmma_wait<0>();
+      fence_regs(dk);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&s.empty[stage]);  // Q, dO, LSE, Delta of this stage are free
+    } else {
+      wgmma_wait<1>();  // dV, dK done: Q, dO, LSE, Delta of this stage are free
+      fence_regs(dv);
+      fence_regs(dk);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&s.empty[stage]);
+      wgmma_wait<0>();
+      fence_regs(dq);
+      store_dq<Tr>(sb, p, dq, b, h, i0, it, wg, warp, g, t);
     }
 
     if (++stage == Tr::kStages) {
@@ -507,7 +778,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   auto& s = *reinterpret_cast<SharedStorage<Tr>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                   ~static_cast<uintptr_t>(1023));
-  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  // kDet: the last key block first (see the header: waits only go to lower block indices).
+  const int n_block = Tr::kDet ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int hk = blockIdx.y, b = blockIdx.z;
   if (threadIdx.x == 0) {
     prefetch_tensormap(&tm_q);
     prefetch_tensormap(&tm_k);
@@ -518,26 +791,34 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&s.full[i], kProducerLanes);
       mbar_init(&s.empty[i], kConsumerWarps);
     }
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(&s.dq_full[i], 128);
+      mbar_init(&s.dq_empty[i], 1);
+    }
     fence_barrier_init();
   }
   __syncthreads();
 
   // (Each role computes its Q-block range after the register reallocation:
   // values live across setmaxnreg were spilled.)
-  if (threadIdx.x < 128) {
-    setmaxnreg_dec<24>();
-    if (threadIdx.x < 32)
+  const int warp_idx = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);  // warp-uniform
+  if (warp_idx < 4) {
+    setmaxnreg_dec<Tr::kBulkDq ? 32 : 24>();
+    if (warp_idx == 0) {
       producer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b, &tm_q, &tm_k, &tm_v, &tm_do, threadIdx.x);
+    } else if constexpr (Tr::kBulkDq) {
+      if (warp_idx <= Tr::kWriters && threadIdx.x % 32 == 0)
+        dq_writer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b, warp_idx - 1);
+    }
   } else {
-    // 128 x 24 + 256 x 240 = 64512 <= 65536 registers.
+    // 128 x 24 (kBulkDq: 32) + 256 x 240 <= 65536 registers.
     setmaxnreg_inc<240>();
     consumer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b);
   }
 }
 
-template <int kHeadDim, bool kBF16>
-Status launch_hopper_bwd(const LaunchArgs& a) {
-  using Tr = Traits<kHeadDim, kBF16>;
+template <class Tr>
+Status launch_variant(const LaunchArgs& a) {
   constexpr int smem = smem_bytes<Tr>();
   static bool attr_set = false;
   if (!attr_set) {
@@ -548,6 +829,37 @@ Status launch_hopper_bwd(const LaunchArgs& a) {
   hopper_bwd_kernel<Tr><<<a.grid, kThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.tm_do, a.params);
   FA_CUDA_CHECK_LAUNCH("hopper_bwd_kernel");
   return Status::Ok();
+}
+
+// The instantiated flag combinations (kFlagDet implies kFlagBulkDq).
+template <int kHeadDim, bool kBF16, int kExtra>
+Status launch_flags(const LaunchArgs& a) {
+  switch (a.flags & ~kExtra) {
+    case 0:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra>>(a);
+    case kFlagDqFirst:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra | kFlagDqFirst>>(a);
+    case kFlagBulkDq:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra | kFlagBulkDq>>(a);
+    case kFlagBulkDq | kFlagDqFirst:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra | kFlagBulkDq | kFlagDqFirst>>(a);
+    case kFlagBulkDq | kFlagDet:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra | kFlagBulkDq | kFlagDet>>(a);
+    case kFlagBulkDq | kFlagDet | kFlagDqFirst:
+      return launch_variant<Traits<kHeadDim, kBF16, kExtra | kFlagBulkDq | kFlagDet | kFlagDqFirst>>(a);
+    default:
+      return Status::Internal("hopper backward: flag combination " + std::to_string(a.flags) + " not instantiated");
+  }
+}
+
+// The instantiated flag combinations (kFlagDet implies kFlagBulkDq; kFlagDq32
+// only at d64, the host drops it at d128).
+template <int kHeadDim, bool kBF16>
+Status launch_hopper_bwd(const LaunchArgs& a) {
+  if constexpr (kHeadDim == 64) {
+    if (a.flags & kFlagDq32) return launch_flags<kHeadDim, kBF16, kFlagDq32>(a);
+  }
+  return launch_flags<kHeadDim, kBF16, 0>(a);
 }
 
 #undef FA_SMEM

@@ -20,12 +20,26 @@ namespace flashattn { namespace cuda { namespace sm90 { namespace bwd {
 constexpr int kBlockM = 64;
 constexpr int kBlockN = 128;
 
+// Kernel variants (bit flags; bwd_kernel.cuh's header says what they change).
+constexpr int kFlagBulkDq = 1;   // dQ through shared memory + one bulk reduce per tile
+constexpr int kFlagDet = 2;      // deterministic dQ (implies kFlagBulkDq)
+constexpr int kFlagDqFirst = 4;  // dQ GEMM issued before dK, its output overlaps dK
+constexpr int kFlagDq32 = 8;     // d64: each consumer warpgroup computes 32 dQ columns over all 128 keys
+// dq_accum layout with kFlagBulkDq: inside each 64-row Q block (64 x D floats,
+// contiguous as in the row-major layout) element (r, c) sits at float
+//   (c / 32) * 2048 + r * 32 + (((c % 32) / 4) ^ (r % 8)) * 4 + c % 4
+// (32-column chunks, rows of 128 bytes, 16-byte units swizzled by the row).
+__host__ __device__ constexpr int64_t dq_offset(int r, int c) {
+  return (c / 32) * 2048 + r * 32 + ((((c % 32) / 4) ^ (r % 8)) * 4) + c % 4;
+}
+
 struct MainParams {
   void* dk = nullptr;           // [batch, seqlen_k, heads_kv, head_dim]
   void* dv = nullptr;           // [batch, seqlen_k, heads_kv, head_dim]
   const float* lse = nullptr;   // [batch, heads_q, seqlen_q], natural log (-inf: row sees nothing)
   const float* delta = nullptr; // [batch, heads_q, seqlen_q_pad], rowsum(dO * O), 0 on padded rows
   float* dq_accum = nullptr;    // [batch, heads_q, seqlen_q_pad, kHeadDim] fp32, unscaled dS K
+  int* dq_sem = nullptr;        // kFlagDet: [batch, heads_q, seqlen_q_pad / 64, writers], zeroed
   int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;  // elements
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
   int seqlen_q = 0, seqlen_k = 0;
@@ -44,6 +58,7 @@ struct LaunchArgs {
   CUtensorMap tm_q, tm_k, tm_v, tm_do;  // boxes: 64 columns x 64 rows (q, dout), x 128 rows (k, v)
   MainParams params;
   dim3 grid;  // (key blocks of 128, heads_kv, batch)
+  int flags = 0;  // kFlag* bits
   cudaStream_t stream = nullptr;
 };
 

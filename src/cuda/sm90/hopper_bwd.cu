@@ -4,13 +4,20 @@
 // dq_accum, same layout), and the three launches:
 //   fa2bwd::launch_preprocess (Delta = rowsum(dO * O))
 //   -> the main kernel (bwd_kernel.cuh, instantiated in hopper_bwd_hdimNNN.cu)
-//   -> fa2bwd::launch_convert_dq (dq = scale * dq_accum).
+//   -> fa2bwd::launch_convert_dq (dq = scale * dq_accum), or with the bulk dQ
+//      (deterministic, or the bulk variant) convert_dq_swizzled below (the
+//      dq_offset layout inside each Q block).
+// FLASHATTN_HOPPER_BWD_VARIANT (experiments; unset in normal use) is a comma
+// list of: bulk (dQ through shared memory + one bulk reduce per tile),
+// dqfirst (dQ GEMM before dK), dq32 (d64: 32 dQ columns per warpgroup over all
+// keys). deterministic=true always uses the bulk dQ.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -26,6 +33,41 @@ namespace sm90 { namespace bwd {
 namespace {
 
 static_assert(kBlockM == fa2bwd::kBlockM, "the workspace rows are padded to the FA2 backward's Q block");
+
+// dq = scale * dq_accum for the dq_offset layout (kFlagBulkDq): one thread per
+// 8 columns of a row (two 16-byte units of one 128-byte row of a chunk).
+template <typename T, int D>
+__global__ void convert_dq_swizzled(fa2bwd::KernelParams p) {
+  const int64_t chunks = p.head_dim / 8;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.batch * p.seqlen_q * p.heads_q * chunks) return;
+  const int c = static_cast<int>(idx % chunks) * 8;
+  const int64_t h = (idx / chunks) % p.heads_q;
+  const int64_t i = (idx / (chunks * p.heads_q)) % p.seqlen_q;
+  const int64_t b = idx / (chunks * p.heads_q * p.seqlen_q);
+  const int r = static_cast<int>(i % kBlockM);
+  const float* blk = p.dq_accum + ((b * p.heads_q + h) * p.seqlen_q_pad + (i - r)) * D;
+  const float4 lo = *reinterpret_cast<const float4*>(blk + dq_offset(r, c));
+  const float4 hi = *reinterpret_cast<const float4*>(blk + dq_offset(r, c + 4));
+  const float f[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  T* dst = static_cast<T*>(p.dq) + b * p.dq_batch_stride + i * p.dq_row_stride + h * p.dq_head_stride + c;
+  alignas(16) T out[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = from_float<T>(f[e] * p.scale);
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(out);
+}
+
+// Variant flags from FLASHATTN_HOPPER_BWD_VARIANT (read at every call, so a
+// test can switch it) and `deterministic`.
+int variant_flags(bool deterministic, int head_dim_pad) {
+  const char* env = std::getenv("FLASHATTN_HOPPER_BWD_VARIANT");
+  const std::string v = "," + std::string(env ? env : "") + ",";
+  auto has = [&](const char* name) { return v.find("," + std::string(name) + ",") != std::string::npos; };
+  int flags = (has("bulk") ? kFlagBulkDq : 0) | (has("dqfirst") ? kFlagDqFirst : 0);
+  if (has("dq32") && head_dim_pad == 64) flags |= kFlagDq32;
+  if (deterministic) flags |= kFlagBulkDq | kFlagDet;
+  return flags;
+}
 
 template <int D, typename T>
 Status run(const BwdParams& p) {
@@ -67,22 +109,38 @@ Status run(const BwdParams& p) {
   a.grid = dim3(static_cast<unsigned>((p.seqlen_k + kBlockN - 1) / kBlockN), static_cast<unsigned>(p.heads_kv),
                 static_cast<unsigned>(p.batch));
   a.stream = as_stream(p.stream);
+  a.flags = variant_flags(p.deterministic, D);
+  const bool bulk = (a.flags & kFlagBulkDq) != 0;
 
   // Workspace (the FA2 backward's layout): Delta [batch, heads_q, seqlen_q_pad]
-  // and the fp32 dQ accumulator [batch, heads_q, seqlen_q_pad, D], zeroed.
+  // and the fp32 dQ accumulator [batch, heads_q, seqlen_q_pad, D], zeroed;
+  // deterministic: the semaphores [batch, heads_q, seqlen_q_pad / 64, writers], zeroed.
   const int64_t n_delta = p.batch * p.heads_q * k.seqlen_q_pad;
   const int64_t n_accum = n_delta * D;
+  const int writers = (D == 128 || (a.flags & kFlagDq32)) ? 2 : 1;  // Traits::kWriters
+  const int64_t n_sem = (a.flags & kFlagDet) ? (n_delta / kBlockM) * writers : 0;
   void* ws = nullptr;
-  FA_CUDA_CHECK(cudaMallocAsync(&ws, static_cast<size_t>(n_delta + n_accum) * sizeof(float), a.stream));
+  FA_CUDA_CHECK(cudaMallocAsync(&ws, static_cast<size_t>(n_delta + n_accum + n_sem) * sizeof(float), a.stream));
   k.delta = static_cast<float*>(ws);
   k.dq_accum = k.delta + n_delta;
   m.delta = k.delta;
   m.dq_accum = k.dq_accum;
-  st = cuda_status(cudaMemsetAsync(k.dq_accum, 0, static_cast<size_t>(n_accum) * sizeof(float), a.stream),
+  m.dq_sem = n_sem > 0 ? reinterpret_cast<int*>(k.dq_accum + n_accum) : nullptr;
+  st = cuda_status(cudaMemsetAsync(k.dq_accum, 0, static_cast<size_t>(n_accum + n_sem) * sizeof(float), a.stream),
                    "cudaMemsetAsync(dq_accum)");
   if (st.ok()) st = fa2bwd::launch_preprocess<T>(k, a.stream);
   if (st.ok()) st = launch_hopper_bwd<D, kBF16>(a);
-  if (st.ok()) st = fa2bwd::launch_convert_dq<T>(k, a.stream);
+  if (st.ok()) {
+    if (bulk) {
+      const int64_t n = p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 8);
+      if (n > 0) {
+        convert_dq_swizzled<T, D><<<static_cast<unsigned>((n + 255) / 256), 256, 0, a.stream>>>(k);
+        st = cuda_status(cudaGetLastError(), "convert_dq_swizzled");
+      }
+    } else {
+      st = fa2bwd::launch_convert_dq<T>(k, a.stream);
+    }
+  }
   const cudaError_t free_err = cudaFreeAsync(ws, a.stream);
   if (st.ok()) st = cuda_status(free_err, "cudaFreeAsync(workspace)");
   return st;
@@ -107,8 +165,6 @@ Status run_dtype(const BwdParams& p) {
 Status hopper_backward(const BwdParams& p) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::Unsupported("hopper backward: only float16 and bfloat16");
-  if (p.deterministic)
-    return Status::Unsupported("hopper backward: no deterministic mode (dQ is added with atomics); fa2 has one");
   if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
     return Status::Unsupported("hopper backward: varlen and KV-cache inputs are not supported");
   if (p.head_dim_v != 0 && p.head_dim_v != p.head_dim)

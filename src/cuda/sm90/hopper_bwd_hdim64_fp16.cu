@@ -1,7 +1,7 @@
-// Hopper backward instantiations for head dims up to 64 (fp16 and bf16).
+// Hopper backward instantiations for head dims up to 64, fp16 (every variant
+// of launch_hopper_bwd's flag switch; one file per dtype so they build in parallel).
 #include "cuda/sm90/bwd_kernel.cuh"
 
 namespace flashattn { namespace cuda { namespace sm90 { namespace bwd {
 template Status launch_hopper_bwd<64, false>(const LaunchArgs&);
-template Status launch_hopper_bwd<64, true>(const LaunchArgs&);
 }}}}  // namespace flashattn::cuda::sm90::bwd
