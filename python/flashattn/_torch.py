@@ -9,7 +9,7 @@ the Python-side queries cost what the capsules save); no libtorch symbol is link
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -250,30 +250,72 @@ def _check_no_cuda_grad(what, *tensors):
     return needs
 
 
-class VarlenFunction(torch.autograd.Function):
-    """out, lse = VarlenFunction.apply(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap,
-    block_table, seqused_k, deterministic, kernel). CPU only (the reference backward takes cu_seqlens)."""
+def _check_index(*named):
+    """Index arrays must be torch tensors like q (the custom ops take Optional[Tensor])."""
+    for name, x in named:
+        if x is not None and not isinstance(x, _Tensor):
+            raise TypeError(f"index arrays (cu_seqlens, cache_seqlens, block_table, ...) must be torch tensors like "
+                            f"q, got {type(x).__name__} for {name}")
 
-    @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap, block_table, seqused_k,
-                deterministic, kernel):
-        out, lse = _varlen.varlen_forward(_TorchBackend, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr,
-                                          softcap, block_table, seqused_k, kernel, True)
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k)
-        ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap)
-        ctx.extra = (deterministic, kernel)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
 
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k = ctx.saved_tensors
-        max_q, max_k, scale, causal, wl, wr, softcap = ctx.args
-        deterministic, kernel = ctx.extra
-        dq, dk, dv = _varlen.varlen_backward(_TorchBackend, _usable_grad(dout, out), q, k, v, out, lse, cu_q, cu_k,
-                                             max_q, max_k, scale, causal, wl, wr, softcap, block_table, seqused_k,
-                                             deterministic, kernel)
-        return (dq, dk, dv) + (None,) * 13
+# --- varlen custom ops (torch.compile; the eager autograd path uses them too) -----
+@torch.library.custom_op("flashattn::varlen_fwd", mutates_args=())
+def varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                  cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
+                  causal: bool, window_left: int, window_right: int, softcap: float,
+                  block_table: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], deterministic: bool,
+                  kernel: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """out [total_q, heads_q, head_dim_v] like q, lse float32 [batch, heads_q, max_seqlen_q] (always computed:
+    the backward needs it)."""
+    return _varlen.varlen_forward(_TorchBackend, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  softmax_scale, causal, window_left, window_right, softcap, block_table, seqused_k,
+                                  kernel, True)
+
+
+@varlen_fwd_op.register_fake
+def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *args):
+    out = q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))
+    lse = q.new_empty((cu_seqlens_q.shape[0] - 1, q.shape[1], max_seqlen_q), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("flashattn::varlen_bwd", mutates_args=())
+def varlen_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+                  max_seqlen_k: int, softmax_scale: float, causal: bool, window_left: int, window_right: int,
+                  softcap: float, block_table: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor],
+                  deterministic: bool, kernel: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv like q, k, v (page pools: dk/dv of rows no sequence uses are 0). CPU only: on CUDA the
+    library answers Unsupported (raised as flashattn.UnsupportedError)."""
+    return _varlen.varlen_backward(_TorchBackend, _usable_grad(dout, out), q, k, v, out, lse, cu_seqlens_q,
+                                   cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_left,
+                                   window_right, softcap, block_table, seqused_k, deterministic, kernel)
+
+
+@varlen_bwd_op.register_fake
+def _varlen_bwd_fake(dout, q, k, v, *args):
+    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    (q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap, block_table, seqused_k, deterministic,
+     kernel) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k)
+    ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap)
+    ctx.extra = (deterministic, kernel)
+    ctx.mark_non_differentiable(lse)
+
+
+def _varlen_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_q, cu_k, block_table, seqused_k = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = varlen_bwd_op(dout, q, k, v, out, lse, cu_q, cu_k, *ctx.args, block_table, seqused_k, *ctx.extra)
+    return (dq, dk, dv) + (None,) * 13
+
+
+varlen_fwd_op.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
@@ -284,25 +326,77 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     left, right = _ops.window_pair(window_size)
     scale = 0.0 if softmax_scale is None else float(softmax_scale)
     kid = _ops.kernel_id(kernel)
-    if _check_no_cuda_grad("flash_attn_varlen_func", q, k, v):
-        out, lse = VarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                                        scale, bool(causal), left, right, float(softcap), block_table, seqused_k,
-                                        bool(deterministic), kid)
+    if _check_no_cuda_grad("flash_attn_varlen_func", q, k, v) or _is_compiling():
+        # Through the custom op: autograd (CPU) and torch.compile(fullgraph=True).
+        _check_index(("block_table", block_table), ("seqused_k", seqused_k))
+        out, lse = varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
+                                 bool(causal), left, right, float(softcap), block_table, seqused_k,
+                                 bool(deterministic), kid)
         return out, (lse if need_lse else None)
     return _varlen.varlen_forward(_TorchBackend, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                   scale, bool(causal), left, right, float(softcap), block_table, seqused_k, kid,
                                   need_lse)
 
 
+# --- KV cache custom op (forward only, like flash-attn) ---------------------------
+class _TraceBackend(_TorchBackend):
+    """For kvcache_prepare under torch.compile: an int cache_seqlens stays an int (see kvcache_fwd_op)."""
+
+    @staticmethod
+    def seqlens(cache_seqlens, batch, like):
+        return cache_seqlens
+
+
+@torch.library.custom_op("flashattn::kvcache_fwd", mutates_args=("k_cache", "v_cache"))
+def kvcache_fwd_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor],
+                   v: Optional[torch.Tensor], rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
+                   cache_seqlens: Optional[torch.Tensor], cache_seqlen: int, block_table: Optional[torch.Tensor],
+                   softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
+                   rotary_interleaved: bool, num_splits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Appends k/v (when given) into k_cache/v_cache in place at cache_seqlens (which is not changed), then
+    attends. cache_seqlen >= 0 (with cache_seqlens None): every sequence holds that many keys (the Python int
+    of flash_attn_with_kvcache; made a tensor here, not in the graph). Neither: the whole cache.
+    -> out [batch, seqlen_q, heads_q, head_dim_v] like q, lse float32 [batch, heads_q, seqlen_q]."""
+    if cache_seqlens is None and cache_seqlen >= 0:
+        cache_seqlens = _TorchBackend.seqlens(cache_seqlen, q.shape[0], q)
+    return _varlen.kvcache_run(_TorchBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                               block_table, softmax_scale, causal, window_left, window_right, softcap,
+                               rotary_interleaved, num_splits, True)
+
+
+@kvcache_fwd_op.register_fake
+def _kvcache_fwd_fake(q, k_cache, v_cache, *args):
+    b, sq, hq, _ = q.shape
+    return q.new_empty((b, sq, hq, v_cache.shape[-1])), q.new_empty((b, hq, sq), dtype=torch.float32)
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
                             softmax_scale, causal, window_size, softcap, rotary_interleaved, num_splits, return_lse):
-    for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v), ("rotary_cos", rotary_cos),
+                    ("rotary_sin", rotary_sin)):
         if x is not None and not isinstance(x, _Tensor):
             raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
     if _is_grad_enabled() and any(isinstance(t, _Tensor) and t.requires_grad for t in (q, k_cache, v_cache, k, v)):
         raise ValueError("flash_attn_with_kvcache is inference only (no backward; the varlen / KV-cache backward is "
                          "not available on CUDA yet): run under torch.no_grad() / torch.inference_mode() or detach "
                          "the inputs")
-    return _varlen.kvcache_forward(_TorchBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
-                                   block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved,
-                                   num_splits, return_lse)
+    if not _is_compiling():
+        return _varlen.kvcache_forward(_TorchBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
+                                       cache_seqlens, block_table, softmax_scale, causal, window_size, softcap,
+                                       rotary_interleaved, num_splits, return_lse)
+    # torch.compile: the same checks, then the custom op (which declares the in-place append).
+    _check_index(("block_table", block_table))
+    if not isinstance(cache_seqlens, (int, torch.SymInt)):
+        _check_index(("cache_seqlens", cache_seqlens))
+    left, right, lens = _varlen.kvcache_prepare(_TraceBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
+                                                cache_seqlens, block_table, causal, window_size)
+    const_len = -1
+    if isinstance(lens, (int, torch.SymInt)):
+        if lens >= 0:  # the op makes the tensor at run time (no kernel in the graph)
+            const_len, lens = lens, None
+        else:  # C++ gives the message
+            lens = _TorchBackend.seqlens(lens, q.shape[0], q)
+    out, lse = kvcache_fwd_op(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, lens, const_len, block_table,
+                              0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right,
+                              float(softcap), bool(rotary_interleaved), int(num_splits))
+    return (out, lse) if return_lse else out

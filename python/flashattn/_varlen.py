@@ -161,24 +161,31 @@ def varlen_backward(be, dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max
     return dq, dk, dv
 
 
-def kvcache_forward(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
-                    softmax_scale, causal, window_size, softcap, rotary_interleaved, num_splits, return_lse):
-    """Append (k, v) in place at cache_seqlens (rotary on the new keys and a copy of q), then attend q over
-    cache_seqlens + seqlen_new keys of each sequence."""
+def kvcache_prepare(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table, causal,
+                    window_size):
+    """The checks of flash_attn_with_kvcache that need no data (run before tracing reaches C++).
+    -> (window_left, window_right, cache lengths as an int32 array [batch] or None = the whole cache)."""
     check_kvcache_args(q, k_cache, v_cache, k, v, block_table, rotary_cos, rotary_sin)
     left, right = _ops.window_pair(window_size)
-    batch = q.shape[0]
     if cache_seqlens is None:
         if k is not None:
             raise ValueError("appending k/v needs cache_seqlens (where the new rows go)")
         lens = None  # every key of the cache is valid
     else:
-        lens = be.seqlens(cache_seqlens, batch, q)
+        lens = be.seqlens(cache_seqlens, q.shape[0], q)
+    if rotary_cos is not None:
+        rotary_q_rows_ok(q, k, causal, (left, right))
+    return left, right, lens
+
+
+def kvcache_run(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, lens, block_table, softmax_scale, causal,
+                window_left, window_right, softcap, rotary_interleaved, num_splits, return_lse):
+    """After kvcache_prepare: append (k, v) in place at lens (rotary on the new keys and a copy of q), then
+    attend q over lens + seqlen_new keys of each sequence. -> (out, lse or None)."""
     if k is not None:
         qr = None
         cos = sin = None
         if rotary_cos is not None:
-            rotary_q_rows_ok(q, k, causal, (left, right))
             cos, sin = be.float32(rotary_cos), be.float32(rotary_sin)
             q = be.copy(q)  # rotated in place by the append; the caller's q stays as it was
             qr = be.export(q)
@@ -195,8 +202,19 @@ def kvcache_forward(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache
     ix = be.export_index
     r = _C.fwd_varlen(be.export(q), be.export(k_cache), be.export(v_cache), be.export(out), be.export(lse), None,
                       None, None if lens is None else ix(lens), None if block_table is None else ix(block_table), 0, 0,
-                      0.0 if softmax_scale is None else float(softmax_scale), bool(causal), left, right,
+                      0.0 if softmax_scale is None else float(softmax_scale), bool(causal), window_left, window_right,
                       float(softcap), int(num_splits), 0, be.stream(q), 0, be.dtype_override)
     if r is not None:
         raise_status(r)
+    return out, lse
+
+
+def kvcache_forward(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, block_table,
+                    softmax_scale, causal, window_size, softcap, rotary_interleaved, num_splits, return_lse):
+    """Append (k, v) in place at cache_seqlens (rotary on the new keys and a copy of q), then attend q over
+    cache_seqlens + seqlen_new keys of each sequence."""
+    left, right, lens = kvcache_prepare(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                                        block_table, causal, window_size)
+    out, lse = kvcache_run(be, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, lens, block_table, softmax_scale,
+                           causal, left, right, softcap, rotary_interleaved, num_splits, return_lse)
     return (out, lse) if return_lse else out

@@ -383,19 +383,27 @@ def test_torch_cpu_varlen_autograd(rng, opts):
                                                 return_lse=True, **opts)
     assert out.requires_grad and not lse.requires_grad
     out.backward(torch.tensor(dout))
+    check_varlen_torch(out, lse, (tq.grad, tk.grad, tv.grad), q, k, v, dout, q_lens, k_lens, 9, opts)
+
+
+def check_varlen_torch(out, lse, grads, q, k, v, dout, q_lens, k_lens, max_q, opts):
+    """out / lse / (dq, dk, dv) of packed float32 varlen attention (torch, CPU) against the per-sequence
+    float64 reference (rows of empty sequences: zero gradients)."""
+    opts = dict(opts)
     window = opts.pop("window_size", (-1, -1))
-    o64, l64, o32, l32 = ref_varlen(q, k, v, q_lens, k_lens, 9, window=window, **opts)
+    o64, l64, o32, l32 = ref_varlen(q, k, v, q_lens, k_lens, max_q, window=window, **opts)
     check_out_lse(out.detach().numpy(), lse.numpy(), o64, l64, o32, l32, q_lens, "float32")
+    dq, dk, dv = grads
     cq, ck = cu(q_lens), cu(k_lens)
     for i in range(len(q_lens)):
         sq_, sk_ = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
         if cq[i + 1] == cq[i] or ck[i + 1] == ck[i]:
-            assert not tq.grad[sq_].any() and (ck[i + 1] == ck[i] or not tk.grad[sk_].any())
+            assert not dq[sq_].any() and (ck[i + 1] == ck[i] or not dk[sk_].any())
             continue
         args = (dout[None, sq_], q[None, sq_], k[None, sk_], v[None, sk_])
         g64 = ref.attention_backward(*args, window=window, **opts)
         g32 = ref.attention_backward(*args, window=window, compute=np.float32, **opts)
-        for name, g, r64, r32 in zip(("dq", "dk", "dv"), (tq.grad[sq_], tk.grad[sk_], tv.grad[sk_]), g64, g32):
+        for name, g, r64, r32 in zip(("dq", "dk", "dv"), (dq[sq_], dk[sk_], dv[sk_]), g64, g32):
             ref.assert_tolerance(f"{name}[{i}]", g.numpy(), r64[0], r32[0], "float32")
 
 
@@ -451,6 +459,168 @@ def test_torch_cpu_kvcache(rng):
     ref.assert_tolerance("out", out.numpy(), o64, o32, "float32")
     with pytest.raises(ValueError, match="inference only"):
         flashattn.flash_attn_with_kvcache(torch.tensor(q, requires_grad=True), tkc, tvc, cache_seqlens=3)
+
+
+# --- torch.compile(fullgraph=True): the flashattn::varlen_fwd / varlen_bwd / kvcache_fwd custom ops ----
+def _compile_recording(fn, graphs):
+    """torch.compile(fn, fullgraph=True) with inductor, keeping each Dynamo graph's code (to see the ops)."""
+    import torch
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return compile_fx(gm, example_inputs)
+
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend=backend)
+
+
+@needs_torch
+@pytest.mark.parametrize("paged", [False, True])
+def test_torch_compile_varlen_cpu(rng, paged):
+    """Forward + backward of a compiled function: equal to eager, and (packed) to the float64 reference.
+    The paged variant also passes seqused_k: both Optional[Tensor] arguments reach the op in the graph."""
+    import torch
+
+    q_lens, k_lens = [4, 0, 1, 9], [6, 3, 1, 9]
+    q, k, v = (packed(rng, n, h, 32, np.float32) for n, h in ((q_lens, 4), (k_lens, 2), (k_lens, 2)))
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    block_table = seqused = None
+    if paged:
+        k, table = to_pages(rng, k, k_lens, 4)
+        v = scatter_pages(np.zeros_like(k), table, v, k_lens)
+        block_table, seqused = torch.tensor(table), torch.tensor([5, 3, 0, 9], dtype=torch.int32)
+    opts = dict(causal=True) if paged else dict(window_size=(4, 1), softcap=2.0)
+
+    def attn(q_, k_, v_, cq, ck, bt, su):
+        out, lse = flashattn.flash_attn_varlen_func(q_, k_, v_, cq, ck, 9, 9, block_table=bt, seqused_k=su,
+                                                    return_lse=True, **opts)
+        return out, lse
+
+    graphs = []
+    compiled = _compile_recording(attn, graphs)
+    cq, ck = torch.tensor(cu(q_lens)), torch.tensor(cu(k_lens))
+    results = []
+    for fn in (attn, compiled):
+        tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+        out, lse = fn(tq, tk, tv, cq, ck, block_table, seqused)
+        assert out.requires_grad and not lse.requires_grad
+        out.backward(torch.tensor(dout))
+        results.append((out.detach(), lse, tq.grad, tk.grad, tv.grad))
+    assert len(graphs) == 1 and "flashattn.varlen_fwd" in graphs[0], graphs
+    for name, e, c in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        assert torch.equal(e, c), f"{name}: compiled differs from eager by {(e - c).abs().max().item():.3g}"
+    if not paged:
+        out, lse, dq, dk, dv = results[1]
+        check_varlen_torch(out, lse, (dq, dk, dv), q, k, v, dout, q_lens, k_lens, 9, opts)
+
+
+@needs_torch
+@pytest.mark.parametrize("page_size,rotary,int_seqlens", [(None, False, False), (5, True, False),
+                                                          (None, False, True)])
+def test_torch_compile_kvcache_append(rng, page_size, rotary, int_seqlens):
+    """A compiled decode step (append + attend, twice): caches mutated exactly like eager, out/lse equal,
+    q and cache_seqlens untouched."""
+    import torch
+
+    lens = [4, 4, 4] if int_seqlens else [0, 5, 9]
+    sn, hq, hkv, d, capacity = 2, 4, 2, 32, 16
+    kc, vc, table, gather = make_cache(rng, lens, capacity, hkv, d, np.float32, page_size)
+    bt = None if table is None else torch.tensor(table)
+    cos = sin = None
+    if rotary:
+        c_, s_ = rope_tables(capacity + 1, 16)
+        cos, sin = torch.tensor(c_), torch.tensor(s_)
+
+    def step(q_, kc_, vc_, kn_, vn_, seqlens):
+        return flashattn.flash_attn_with_kvcache(q_, kc_, vc_, kn_, vn_, cos, sin, cache_seqlens=seqlens,
+                                                 block_table=bt, causal=True, rotary_interleaved=False,
+                                                 return_softmax_lse=True)
+
+    graphs = []
+    compiled = _compile_recording(step, graphs)
+    caches = {fn: (torch.tensor(kc), torch.tensor(vc)) for fn in (step, compiled)}
+    pos = list(lens)
+    for _ in range(2):  # two decode steps: the compiled function runs again on mutated caches
+        q = torch.tensor(rng.standard_normal((len(lens), sn, hq, d)).astype(np.float32))
+        kn, vn = (torch.tensor(rng.standard_normal((len(lens), sn, hkv, d)).astype(np.float32)) for _ in range(2))
+        q_in = q.clone()
+        seqlens = pos[0] if int_seqlens else torch.tensor(pos, dtype=torch.int32)
+        res = {}
+        with torch.no_grad():
+            for fn in (step, compiled):
+                res[fn] = fn(q, *caches[fn], kn, vn, seqlens)
+        assert torch.equal(q, q_in), "q must not be modified"
+        if not int_seqlens:
+            assert seqlens.tolist() == pos, "cache_seqlens must not be modified"
+        for name, e, c in zip(("k_cache", "v_cache", "out", "lse"), caches[step] + res[step],
+                              caches[compiled] + res[compiled]):
+            assert torch.equal(e, c), f"{name}: compiled differs from eager by {(e - c).abs().max().item():.3g}"
+        vcn = caches[compiled][1].numpy()
+        for i, n in enumerate(pos):
+            assert np.array_equal(gather(vcn, i, n + sn)[n:], vn[i].numpy()), f"v rows of sequence {i} not appended"
+        pos = [n + sn for n in pos]
+        # Against the reference (no rotary: q and k are used as given).
+        if not rotary:
+            kcn = caches[compiled][0].numpy()
+            o64, _, o32, _ = ref_kvcache(q.numpy(), kcn, vcn, gather, pos, causal=True)
+            ref.assert_tolerance("out", res[compiled][0].numpy(), o64, o32, "float32")
+    # One graph (an int cache_seqlens that changes: one recompile with it symbolic), no kernel of its own.
+    assert 1 <= len(graphs) <= (2 if int_seqlens else 1), graphs
+    assert all("flashattn.kvcache_fwd" in g and "aten" not in g for g in graphs), graphs
+
+
+@needs_torch
+def test_torch_opcheck_varlen_kvcache(rng):
+    """torch.library.opcheck (schema incl. the declared cache mutation, fake kernels, autograd registration,
+    AOT dispatch) on small CPU cases of the three ops."""
+    import torch
+
+    t = lambda x, **kw: torch.tensor(x, **kw)  # noqa: E731
+    q_lens, k_lens = [3, 0, 5], [4, 2, 6]
+    q = t(packed(rng, q_lens, 4, 16, np.float32), requires_grad=True)
+    k, v = (t(packed(rng, k_lens, 2, 16, np.float32), requires_grad=True) for _ in range(2))
+    cq, ck = t(cu(q_lens)), t(cu(k_lens))
+    fwd, bwd, kv = torch.ops.flashattn.varlen_fwd.default, torch.ops.flashattn.varlen_bwd.default, \
+        torch.ops.flashattn.kvcache_fwd.default
+    torch.library.opcheck(fwd, (q, k, v, cq, ck, 5, 6, 0.0, True, -1, -1, 0.0, None, None, False, 0))
+    kp, table = to_pages(rng, packed(rng, k_lens, 2, 16, np.float32), k_lens, 3)
+    kp, vp = t(kp, requires_grad=True), t(kp * 0.5, requires_grad=True)
+    paged = (cq, ck, 5, 6, 0.3, False, 2, -1, 1.5, t(table), t(np.array([4, 1, 6], np.int32)), False, 0)
+    torch.library.opcheck(fwd, (q, kp, vp) + paged)
+    out, lse = fwd(q, kp, vp, *paged)
+    dout = t(rng.standard_normal(out.shape).astype(np.float32))
+    torch.library.opcheck(bwd, (dout, q.detach(), kp.detach(), vp.detach(), out.detach(), lse) + paged)
+    kc, vc = (t(rng.standard_normal((2, 8, 2, 16)).astype(np.float32)) for _ in range(2))
+    qd = t(rng.standard_normal((2, 2, 4, 16)).astype(np.float32))
+    kn, vn = (t(rng.standard_normal((2, 2, 2, 16)).astype(np.float32)) for _ in range(2))
+    cos, sin = (t(x) for x in rope_tables(12, 8))
+    lens = t(np.array([3, 5], np.int32))
+    for args in [(kn, vn, None, None, lens, -1, None, 0.0, True, -1, -1, 0.0, True, 0),
+                 (kn, vn, cos, sin, lens, -1, None, 0.0, True, -1, -1, 0.0, False, 0),
+                 (kn, vn, None, None, None, 4, None, 0.0, False, 3, 0, 0.0, False, 0),  # int cache_seqlens
+                 (None, None, None, None, None, -1, None, 0.0, False, -1, -1, 0.0, False, 0)]:  # whole cache
+        torch.library.opcheck(kv, (qd, kc, vc) + args)
+
+
+@needs_torch
+def test_torch_compile_errors_keep_messages(rng):
+    """Without fullgraph, Dynamo falls back to eager at a raise, so the library's own exceptions come out
+    of a compiled function unchanged (with fullgraph=True torch wraps them: an Unsupported naming them)."""
+    import torch
+
+    q, k = (torch.tensor(packed(rng, [3, 5], h, 16, np.float32)) for h in (4, 2))
+    cq, ck = torch.tensor(cu([3, 5])), torch.tensor(cu([3, 5]))
+    torch._dynamo.reset()
+    f = torch.compile(lambda q_, k_, **kw: flashattn.flash_attn_varlen_func(q_, k_, k_, cq, ck, 5, 5, **kw))
+    with pytest.raises(ValueError, match="dropout_p"):
+        f(q, k, dropout_p=0.1)
+    with pytest.raises(ValueError, match="block_table"):
+        f(q, k, block_table=torch.zeros((2, 1), dtype=torch.int32))
+    torch._dynamo.reset()
+    g = torch.compile(lambda q_, k_: flashattn.flash_attn_with_kvcache(q_, k_, k_, k_[:, :1], None, cache_seqlens=1))
+    with pytest.raises(ValueError, match="given together"):
+        g(q[None], k[None])
 
 
 @cuda_only
@@ -553,3 +723,52 @@ def test_cuda_kvcache_num_splits(rng, num_splits):
     torch.cuda.synchronize()
     o64, _, o32, _ = ref_kvcache(q, kc, vc, gather, lens)
     ref.assert_tolerance("out", out.float().cpu().numpy(), o64, ref.round_to(o32, "float16"), "float16")
+
+
+@cuda_only
+@pytest.mark.timeout(120, method="thread")
+def test_cuda_compile_varlen_kvcache(rng):
+    """torch.compile(fullgraph=True) on CUDA: varlen prefill and a decode step with an append (paged cache,
+    rotary) match eager; the caches are mutated exactly like eager; grad on CUDA still raises the message."""
+    import torch
+
+    c = lambda x: None if x is None else torch.tensor(x, device="cuda")  # noqa: E731
+    q_lens, k_lens = [1, 0, 130, 64], [200, 5, 130, 300]
+    q = c(packed(rng, q_lens, 8, 128, np.float16))
+    k, v = c(packed(rng, k_lens, 2, 128, np.float16)), c(packed(rng, k_lens, 2, 128, np.float16))
+    cq, ck = c(cu(q_lens)), c(cu(k_lens))
+
+    def prefill(q_, k_, v_):
+        return flashattn.flash_attn_varlen_func(q_, k_, v_, cq, ck, 130, 300, causal=True, return_lse=True)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eo, el = prefill(q, k, v)
+        co, cl = torch.compile(prefill, fullgraph=True)(q, k, v)
+    torch.cuda.synchronize()
+    assert (eo.float() - co.float()).abs().max().item() <= 1e-3
+    for i, n in enumerate(q_lens):
+        torch.testing.assert_close(cl[i, :, :n], el[i, :, :n], rtol=0, atol=1e-4)
+
+    lens = [64, 127, 0, 1000]
+    kc, vc, table, gather = make_cache(rng, lens, 1040, 8, 128, np.float16, 16)
+    cos, sin = (c(x) for x in rope_tables(1041, 64))
+    bt, seqlens = c(table), c(np.array(lens, np.int32))
+
+    def decode(q_, kc_, vc_, kn_, vn_):
+        return flashattn.flash_attn_with_kvcache(q_, kc_, vc_, kn_, vn_, cos, sin, seqlens, block_table=bt,
+                                                 rotary_interleaved=False)
+
+    qd, kn, vn = (c(rng.standard_normal((4, 1, h, 128)).astype(np.float16)) for h in (32, 8, 8))
+    ce, cc = (c(kc), c(vc)), (c(kc), c(vc))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eo = decode(qd, *ce, kn, vn)
+        co = torch.compile(decode, fullgraph=True)(qd, *cc, kn, vn)
+    torch.cuda.synchronize()
+    assert torch.equal(ce[0], cc[0]) and torch.equal(ce[1], cc[1]), "caches must be mutated exactly like eager"
+    assert not torch.equal(ce[0], c(kc)), "the append must reach the caller's cache"
+    assert (eo.float() - co.float()).abs().max().item() <= 1e-3
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="not available on CUDA"):
+        torch.compile(prefill)(q.requires_grad_(), k, v)
