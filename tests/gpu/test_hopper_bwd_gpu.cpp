@@ -172,7 +172,8 @@ TEST(HopperBwd, Masks) {
 TEST(HopperBwd, FullyMaskedRows) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
   for (int64_t d : {64, 128})
-    for (int mode = 0; mode < 2; ++mode) {
+    for (int mode = 0; mode < 4; ++mode) {  // modes 2, 3: 0, 1 with deterministic = true
+      const bool det = mode >= 2;
       Shape s;
       s.batch = 2;
       s.seqlen_q = 130;
@@ -181,12 +182,12 @@ TEST(HopperBwd, FullyMaskedRows) {
       s.heads_kv = 2;
       s.head_dim = d;
       s.dtype = DType::kBFloat16;
-      if (mode == 0) s.causal = true;                         // rows 0..59 see nothing
-      if (mode == 1) s.window_left = 0, s.window_right = 0;  // row i sees key i - 60 only
-      SCOPED_TRACE(s.name());
+      if (mode % 2 == 0) s.causal = true;                         // rows 0..59 see nothing
+      if (mode % 2 == 1) s.window_left = 0, s.window_right = 0;  // row i sees key i - 60 only
+      SCOPED_TRACE(s.name() + (det ? "_det" : ""));
       Problem pb(s, 77 + mode);
       host_forward(pb);
-      const Status st = run_gpu_backward(pb, Kernel::kHopper);
+      const Status st = run_gpu_backward(pb, Kernel::kHopper, det);
       if (is_build_refusal(st)) continue;
       ASSERT_TRUE(st.ok()) << st.message;
       check_against_oracle(pb, s.name());

@@ -388,8 +388,9 @@ __device__ __forceinline__ void producer(SharedStorage<Tr>& s, const MainParams&
 
 // ---- dQ writer (kBulkDq: lane 0 of warp 1 + k of WG0) ----------------------------
 // Writer k adds consumer warpgroup k's dQ tile (d128: columns [64k, 64k + 64),
-// 16 KB at offset 16 KB * k of the Q block), or at d64 (one writer) both
-// warpgroups' tiles, each covering the Q block's 64 columns.
+// 16 KB at offset 16 KB * k of the Q block; kDq32: columns [32k, 32k + 32),
+// 8 KB at 8 KB * k), or at d64 (one writer) both warpgroups' tiles, each
+// covering the Q block's 64 columns.
 template <class Tr>
 __device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams& p, const QBlocks& qb, int n_block,
                                           int hk, int b, int k) {
