@@ -186,10 +186,7 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    for (;; ++tile_iter) {
-      mbar_wait(&s.q_full, tile_iter & 1);
-      const int t = *static_cast<volatile int*>(&s.tile);
-      if (t < 0) break;
+    for (int t = live_tile(p, blockIdx.x, BM); t >= 0; t = live_tile(p, t + static_cast<int>(gridDim.x), BM), ++tile_iter) {
       int m_block, head, b;
       p.sched.decode(t, m_block, head, b);
       const TileSeq seq = tile_seq(p, b);
@@ -197,6 +194,7 @@ struct Consumer {
       int n_begin, n_end;
       bm.range(m_block, &n_begin, &n_end);
       const int64_t row0 = static_cast<int64_t>(m_block) * BM + wg * 64 + warp_in_wg * 16 + lane / 4;
+      mbar_wait(&s.q_full, tile_iter & 1);
 
       float o[D / 2];
 #pragma unroll

@@ -5,6 +5,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,19 +17,24 @@
 #include "cuda/sm90/kernel_params.cuh"
 #include "cuda/sm90/tma_map.h"
 #include "cuda/sm90/traits.cuh"
-#include "cuda/stream_scratch.h"
 
 namespace flashattn { namespace cuda {
 namespace sm90 {
 
 namespace {
 
+__global__ void fill_neg_inf(float* x, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = -INFINITY;
+}
+
 template <int D>
 Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, static_schedule, wg3. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, wg3. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -89,17 +95,16 @@ Status run(const FwdParams& p) {
   k.pingpong = !has("no_pingpong");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
-  // The dynamic scheduler's counter (tile_scheduler.cuh), when a CTA runs more than one tile.
-  StreamScratch counter;
-  if (tiles > a.grid && !has("static_schedule")) {
-    st = stream_scratch(ScratchTag::kHopperTileCounter, a.stream, 2 * sizeof(int), 0, &counter);
-    if (!st.ok()) return st;
-    k.tile_counter = reinterpret_cast<int*>(counter.base);
+  // Varlen LSE is [batch, heads_q, max_seqlen_q]: the kernel writes each
+  // sequence's rows, the rows past a sequence's end get -inf here first (as
+  // the decode kernel and the CPU reference leave them).
+  if (packed_q && p.lse != nullptr) {
+    const int64_t n = p.batch * p.heads_q * p.seqlen_q;
+    const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 1024));
+    fill_neg_inf<<<blocks, 256, 0, a.stream>>>(p.lse, n);
+    FA_CUDA_CHECK_LAUNCH("hopper: lse fill");
   }
-  st = p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
-  const cudaError_t release = release_stream_scratch(counter, a.stream);
-  if (st.ok() && release != cudaSuccess) return cuda_status(release, "hopper: tile counter");
-  return st;
+  return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
 }
 
 }  // namespace

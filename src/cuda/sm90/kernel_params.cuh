@@ -32,9 +32,6 @@ struct KernelParams {
   const int* cu_seqlens_k = nullptr;
   const int* seqused_k = nullptr;
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
-  // Dynamic tile scheduler (tile_scheduler.cuh): {next tile - gridDim.x, finished
-  // CTAs}, zero at launch and left zero; nullptr = static round-robin.
-  int* tile_counter = nullptr;
 };
 
 // Where sequence b lives and what it may see: the TMA coordinates of its first
@@ -71,6 +68,20 @@ __device__ __forceinline__ TileSeq tile_seq(const KernelParams& p, int b) {
   }
   if (p.seqused_k != nullptr) s.len_k = p.seqused_k[b];
   return s;
+}
+
+// The first tile among t, t + gridDim.x, ... that starts before its sequence's
+// end, or -1: the producer and the consumers walk the same tiles. Dense batches
+// read nothing (their tile grid has no empty tiles); varlen grids cover the
+// longest sequence, so shorter ones have tiles to skip.
+__device__ __forceinline__ int live_tile(const KernelParams& p, int t, int block_m) {
+  for (; t < p.sched.total(); t += static_cast<int>(gridDim.x)) {
+    if (p.cu_seqlens_q == nullptr) return t;
+    int m_block, head, b;
+    p.sched.decode(t, m_block, head, b);
+    if (m_block * block_m < p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b]) return t;
+  }
+  return -1;
 }
 
 // Everything one launch needs; built by hopper_fwd.cu, consumed by the

@@ -49,24 +49,12 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
                   seq.k_row0 + n * Tr::kBlockN, head_kv, seq.k_batch);
     vpos.advance<Tr::kStages>();
   };
-  // The tile index reaches the consumers through s.tile, written before the Q
-  // barrier phase of that tile completes; -1 (with a plain arrival) ends them.
-  for (int t = blockIdx.x < p.sched.total() ? static_cast<int>(blockIdx.x) : -1;; ++tile_iter) {
-    // Tiles past their sequence's end (varlen: the tile grid covers the longest
-    // sequence) are skipped here, so the consumers never see them.
-    int m_block = 0, head = 0, b = 0;
-    TileSeq seq;
-    for (; t >= 0; t = p.sched.next(t, p.tile_counter)) {
-      p.sched.decode(t, m_block, head, b);
-      seq = tile_seq(p, b);
-      if (m_block * Tr::kBlockM < seq.len_q) break;
-    }
+  for (int t = live_tile(p, blockIdx.x, Tr::kBlockM); t >= 0;
+       t = live_tile(p, t + static_cast<int>(gridDim.x), Tr::kBlockM), ++tile_iter) {
+    int m_block, head, b;
+    p.sched.decode(t, m_block, head, b);
+    const TileSeq seq = tile_seq(p, b);
     mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
-    s.tile = t;
-    if (t < 0) {
-      mbar_arrive(&s.q_full);
-      break;
-    }
     const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{seq.mask(p)};
     int n_begin, n_end;
     bm.range(m_block, &n_begin, &n_end);
@@ -84,7 +72,6 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
       if (n + 1 < n_end) load_k(n + 1, head_kv, seq);
       load_v(n, head_kv, seq);
     }
-    t = p.sched.next(t, p.tile_counter);
   }
 }
 

@@ -1,8 +1,10 @@
-// Persistent tile scheduler: grid = #SMs; CTA i starts with tile i and then
-// takes the next unclaimed tile from a global counter when it is done (dynamic:
-// causal tiles differ in length, and a fixed i, i + grid, ... order left some
-// CTAs ~10 % more work than others), or i + grid, ... without a counter.
-// A tile is (m_block, head, batch) of 128 query rows.
+// Persistent tile scheduler: grid = #SMs, CTA i runs tiles i, i + grid, ...
+// (varlen: skipping tiles that start past their sequence's end, live_tile in
+// kernel_params.cuh). A tile is (m_block, head, batch) of BM query rows.
+// (A dynamic scheduler -- a global atomic tile counter, the index handed from
+// the producer to the consumers through shared memory -- was tried; racecheck
+// cannot see the mbarrier ordering of that handoff, and its benefit was never
+// measured apart from other changes, so the static order stays.)
 //   Non-causal: m_block fastest, so the CTAs running at the same time share the
 //   K/V of one or two heads (and of one KV group under GQA): K/V stay in L2.
 //   Causal (right window): longest tiles first (m_block descending), heads of one
@@ -20,26 +22,6 @@ struct TileScheduler {
   bool longest_first = false;
 
   __host__ __device__ int total() const { return num_m_blocks * heads * batch; }
-
-  // The tile after `t` for this CTA, or -1 when all are claimed. Called by one
-  // producer thread per CTA; the last CTA to run out resets the counters to 0.
-  __device__ __forceinline__ int next(int t, int* counter) const {
-    int n;
-    if (counter == nullptr) {
-      n = t + static_cast<int>(gridDim.x);
-    } else {
-      n = static_cast<int>(gridDim.x) + atomicAdd(&counter[0], 1);
-    }
-    if (n < total()) return n;
-    if (counter != nullptr) {
-      __threadfence();  // this CTA's claims precede its "finished" count
-      if (atomicAdd(&counter[1], 1) == static_cast<int>(gridDim.x) - 1) {
-        counter[0] = 0;  // every CTA has stopped claiming: leave the counters zeroed
-        counter[1] = 0;
-      }
-    }
-    return -1;
-  }
 
   __device__ __forceinline__ void decode(int t, int& m_block, int& head, int& b) const {
     int bh;

@@ -51,7 +51,6 @@ struct SharedStorage {
   // V after O += P V, so the next K load starts half an iteration earlier.
   uint64_t k_empty[Tr::kStages];     // consumers are done with K of the stage (8 warp arrivals)
   uint64_t v_empty[Tr::kStages];     // consumers are done with V of the stage
-  int tile;                          // the tile Q was loaded for (-1: no more), see producer.cuh
 };
 
 // +1024: the dynamic smem base is only 16-byte aligned; the kernel rounds it up.
