@@ -8,7 +8,7 @@
 //        (query head of the kv group, Q block that sees the key block): Q_i and
 //        dO_i (TMA, 64 rows) plus LSE_i and Delta_i (plain loads, 64 floats)
 //        into a 2-stage ring guarded by full / empty mbarriers.
-//        kBulkDq (below): lane 0 of warps 1 (and 2 at d128) writes dQ out.
+//        kBulkDq (below): lane 0 of warps 1 and 2 writes dQ out.
 //   WG1, WG2: consumers, each owning 64 of the 128 keys. Per Q block, in
 //   issue order (each GEMM its own commit group, so the math of one step runs
 //   while the tensor cores do the previous GEMM):
@@ -39,8 +39,8 @@
 //       in the workspace: wait until it equals the number of such key blocks,
 //       add, wait for completion, release-increment). A CTA only ever waits for
 //       CTAs with a lower linear block index, which were scheduled before it.
-//       d64: both warpgroups add to the same 64 columns; one writer adds the
-//       two tiles one after the other (the second after the first completed).
+//       d64: both warpgroups add to the same 64 columns; writer 0 adds before
+//       writer 1 (one semaphore per Q block, two increments per key block).
 //     kDqFirst: dQ is issued before dK, so the dQ tile is written out while the
 //       dK GEMM still runs (instead of after both); dK then reads dS^T from its
 //       shared-memory tile (ss) instead of registers, to free them.
@@ -92,9 +92,8 @@ struct Traits {
   static constexpr bool kDqSplitCols = kHeadDim_ == 128 || kDq32;  // the warpgroups own disjoint columns
   static constexpr int kDqCols = kDq32 ? 32 : 64;
   static constexpr int kDqKSteps = kDqSplitCols ? bwd::kBlockN / 16 : 64 / 16;
-  // Writer warps of the bulk dQ: one per consumer warpgroup where they own
-  // disjoint columns, else one for both (they add to the same columns).
-  static constexpr int kWriters = kDqSplitCols ? 2 : 1;
+  // Writer warps of the bulk dQ: one per consumer warpgroup.
+  static constexpr int kWriters = 2;
   static constexpr int kDqTileBytes = 64 * kDqCols * 4;  // one warpgroup's dQ tile (fp32)
   static constexpr int kBlockM = bwd::kBlockM;  // query rows per Q block (64)
   static constexpr int kBlockN = bwd::kBlockN;  // keys per CTA (128), 64 per consumer warpgroup
@@ -387,15 +386,18 @@ __device__ __forceinline__ void producer(SharedStorage<Tr>& s, const MainParams&
 }
 
 // ---- dQ writer (kBulkDq: lane 0 of warp 1 + k of WG0) ----------------------------
-// Writer k adds consumer warpgroup k's dQ tile (d128: columns [64k, 64k + 64),
-// 16 KB at offset 16 KB * k of the Q block; kDq32: columns [32k, 32k + 32),
-// 8 KB at 8 KB * k), or at d64 (one writer) both warpgroups' tiles, each
-// covering the Q block's 64 columns.
+// Writer k adds consumer warpgroup k's dQ tile: d128 columns [64k, 64k + 64)
+// (16 KB at 16 KB * k in the Q block), kDq32 columns [32k, 32k + 32) (8 KB at
+// 8 KB * k), d64 all 64 columns (16 KB at 0: both writers add to the same floats).
+// The tile's shared memory is handed back (dq_empty) as soon as the bulk copy
+// has read it; kDet then waits for the adds to complete and releases the
+// semaphore: per (Q block, writer) where the writers own disjoint columns
+// (the count of key blocks that have added), one per Q block at d64 (two
+// increments per key block: writer 0, then writer 1).
 template <class Tr>
 __device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams& p, const QBlocks& qb, int n_block,
                                           int hk, int b, int k) {
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, D = Tr::kHeadDim;
-  constexpr int kTiles = Tr::kWriters == 2 ? 1 : 2;  // tiles per writer
   const int num_m_total = p.seqlen_q_pad / BM;
   const uint32_t sb0 = smem_addr(&s);
   for (int it = 0; it < qb.total; ++it) {
@@ -411,8 +413,9 @@ __device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams
       int64_t j_top = p.seqlen_k - 1;
       if (p.mask.window_right >= 0)
         j_top = min(j_top, static_cast<int64_t>(i_last) + p.seqlen_k - p.seqlen_q + p.mask.window_right);
-      const int target = static_cast<int>(j_top / BN) - n_block;
-      sem = p.dq_sem + bhm * Tr::kWriters + k;
+      const int above = static_cast<int>(j_top / BN) - n_block;
+      const int target = Tr::kDqSplitCols ? above : 2 * above + k;
+      sem = p.dq_sem + (Tr::kDqSplitCols ? bhm * 2 + k : bhm);
       while (ld_acquire_gpu(sem) < target) {
       }
       fence_proxy_async_global();  // the adds below come after the ones observed
@@ -420,29 +423,18 @@ __device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams
     // (Addresses from an opaque base per iteration: hoisted, they would not
     // fit the writer's 32 registers.)
     const uint32_t sb = opaque(sb0);
-#pragma unroll
-    for (int tt = 0; tt < kTiles; ++tt) {
-      const int w = Tr::kWriters == 2 ? k : tt;
-      mbar_wait_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_full)) + 8 * w, it & 1);
-      if constexpr (Tr::kDet) {
-        if (tt > 0) bulk_wait_all();  // d64: the second tile adds after the first completed
-      }
-      bulk_reduce_add_f32(p.dq_accum + bhm * (BM * D) + (Tr::kWriters == 2 ? w * (Tr::kDqTileBytes / 4) : 0),
-                          sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq)) + w * Tr::kDqTileBytes,
-                          Tr::kDqTileBytes);
-      bulk_commit();
-    }
+    mbar_wait_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_full)) + 8 * k, it & 1);
+    bulk_reduce_add_f32(p.dq_accum + bhm * (BM * D) + (Tr::kDqSplitCols ? k * (Tr::kDqTileBytes / 4) : 0),
+                        sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq)) + k * Tr::kDqTileBytes,
+                        Tr::kDqTileBytes);
+    bulk_commit();
+    bulk_wait_read();
+    mbar_arrive_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_empty)) + 8 * k);
     if constexpr (Tr::kDet) {
       bulk_wait_all();
       fence_proxy_async_global();
-    } else {
-      bulk_wait_read();
+      release_inc_gpu(sem);
     }
-#pragma unroll
-    for (int tt = 0; tt < kTiles; ++tt)
-      mbar_arrive_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_empty)) +
-                       8 * (Tr::kWriters == 2 ? k : tt));
-    if constexpr (Tr::kDet) release_inc_gpu(sem);
   }
   bulk_wait_all();
 }

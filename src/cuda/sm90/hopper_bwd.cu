@@ -117,7 +117,8 @@ Status run(const BwdParams& p) {
   // deterministic: the semaphores [batch, heads_q, seqlen_q_pad / 64, writers], zeroed.
   const int64_t n_delta = p.batch * p.heads_q * k.seqlen_q_pad;
   const int64_t n_accum = n_delta * D;
-  const int writers = (D == 128 || (a.flags & kFlagDq32)) ? 2 : 1;  // Traits::kWriters
+  // One semaphore per (Q block, writer) where the writers own disjoint columns, else one per Q block.
+  const int writers = (D == 128 || (a.flags & kFlagDq32)) ? 2 : 1;
   const int64_t n_sem = (a.flags & kFlagDet) ? (n_delta / kBlockM) * writers : 0;
   void* ws = nullptr;
   FA_CUDA_CHECK(cudaMallocAsync(&ws, static_cast<size_t>(n_delta + n_accum + n_sem) * sizeof(float), a.stream));
