@@ -2,6 +2,8 @@
 // rung for Kernel::kAuto. Each rung lives in its own file.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "cuda/cuda_backend.h"
@@ -68,6 +70,24 @@ int device_count() {
     return 0;
   }
   return count;
+}
+
+namespace {
+__global__ void fill_neg_inf(float* x, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = -INFINITY;
+}
+}  // namespace
+
+Status fill_varlen_lse_padding(const FwdParams& p, cudaStream_t stream) {
+  if (p.cu_seqlens_q == nullptr || p.lse == nullptr) return Status::Ok();
+  const int64_t n = p.batch * p.heads_q * p.seqlen_q;
+  if (n == 0) return Status::Ok();
+  const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 1024));
+  fill_neg_inf<<<blocks, 256, 0, stream>>>(p.lse, n);
+  FA_CUDA_CHECK_LAUNCH("varlen lse fill");
+  return Status::Ok();
 }
 
 bool hopper_available(int device_index) {

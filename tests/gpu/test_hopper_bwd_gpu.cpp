@@ -45,6 +45,17 @@ bool is_build_refusal(const Status& st) {
                                                  st.message.find("needs an sm_90") != std::string::npos);
 }
 
+// The deterministic mode and the dQ variants hung / timed out in their first H100
+// run and are off unless FLASHATTN_HOPPER_BWD_EXPERIMENTS=1 (hopper_bwd.cu).
+bool experiments_on() {
+  const char* e = std::getenv("FLASHATTN_HOPPER_BWD_EXPERIMENTS");
+  return e != nullptr && std::string(e) == "1";
+}
+#define HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS() \
+  do {                                       \
+    if (!experiments_on()) GTEST_SKIP() << "Hopper backward experiments off (FLASHATTN_HOPPER_BWD_EXPERIMENTS=1 runs them)"; \
+  } while (0)
+
 #define HOPPER_BWD_SKIP_UNLESS_SM90()                    \
   do {                                                   \
     FLASHATTN_SKIP_WITHOUT_GPU();                        \
@@ -189,6 +200,11 @@ TEST(HopperBwd, FullyMaskedRows) {
       host_forward(pb);
       const Status st = run_gpu_backward(pb, Kernel::kHopper, det);
       if (is_build_refusal(st)) continue;
+      if (det && !experiments_on()) {  // refused with a reason; kernel auto then runs fa2
+        EXPECT_EQ(st.code, StatusCode::kUnsupported);
+        EXPECT_NE(st.message.find("deterministic"), std::string::npos) << st.message;
+        continue;
+      }
       ASSERT_TRUE(st.ok()) << st.message;
       check_against_oracle(pb, s.name());
       int64_t masked_rows = 0;
@@ -262,6 +278,15 @@ TEST(HopperBwd, AutoMatchesHopper) {
   same(dv, pb.dv, "dv");
 
   // Deterministic: kHopper runs it (bulk dQ + semaphores), kAuto picks it: same bits.
+  // With the experiments off kHopper refuses and kAuto runs fa2's deterministic mode.
+  if (!experiments_on()) {
+    st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
+    EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
+    st = run_gpu_backward(pb, Kernel::kAuto, /*deterministic=*/true);
+    ASSERT_TRUE(st.ok()) << st.message;
+    check_against_oracle(pb, s.name() + "_auto_det_fa2", o);
+    return;
+  }
   st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
   ASSERT_TRUE(st.ok()) << st.message;
   check_against_oracle(pb, s.name() + "_hopper_det", o);
@@ -280,6 +305,7 @@ TEST(HopperBwd, AutoMatchesHopper) {
 // comparison can fail; it is not asserted (equal by chance is possible).
 TEST(HopperBwd, Deterministic) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
+  HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS();
   int idx = 0;
   for (int64_t d : {64, 128})
     for (bool causal : {false, true}) {
@@ -326,6 +352,7 @@ TEST(HopperBwd, Deterministic) {
 // another summation order (no oracle: too slow on the CPU at this size).
 TEST(HopperBwd, DeterministicWaves) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
+  HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS();
   for (bool causal : {false, true}) {
     Shape s;
     s.batch = 2;
@@ -374,6 +401,7 @@ TEST(HopperBwd, DeterministicWaves) {
 // case per variant against the oracle.
 TEST(HopperBwd, Variants) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
+  HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS();
   static const char* const kVariants[] = {"", "bulk", "dqfirst", "bulk,dqfirst", "dq32", "bulk,dqfirst,dq32"};
   const char* old_env = std::getenv("FLASHATTN_HOPPER_BWD_VARIANT");
   const std::string saved = old_env ? old_env : "";

@@ -141,6 +141,8 @@ Status fa2_forward(const FwdParams& p) {
   a.window_right = m.window_right >= p.seqlen_q ? -1 : m.window_right;
 
   cudaStream_t stream = as_stream(p.stream);
+  const Status fill = fill_varlen_lse_padding(p, stream);
+  if (!fill.ok()) return fill;
   return p.dtype == DType::kFloat16 ? run_head_dim<__half>(kernel_dim, a, stream)
                                     : run_head_dim<__nv_bfloat16>(kernel_dim, a, stream);
 }

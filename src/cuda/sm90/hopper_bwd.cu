@@ -60,7 +60,9 @@ __global__ void convert_dq_swizzled(fa2bwd::KernelParams p) {
 // Variant flags from FLASHATTN_HOPPER_BWD_VARIANT (read at every call, so a
 // test can switch it) and `deterministic`.
 int variant_flags(bool deterministic, int head_dim_pad) {
-  const char* env = std::getenv("FLASHATTN_HOPPER_BWD_VARIANT");
+  const char* gate = std::getenv("FLASHATTN_HOPPER_BWD_EXPERIMENTS");
+  const bool experimental = gate != nullptr && std::string(gate) == "1";
+  const char* env = experimental ? std::getenv("FLASHATTN_HOPPER_BWD_VARIANT") : nullptr;
   const std::string v = "," + std::string(env ? env : "") + ",";
   auto has = [&](const char* name) { return v.find("," + std::string(name) + ",") != std::string::npos; };
   int flags = (has("bulk") ? kFlagBulkDq : 0) | (has("dqfirst") ? kFlagDqFirst : 0);
@@ -170,6 +172,15 @@ Status hopper_backward(const BwdParams& p) {
     return Status::Unsupported("hopper backward: varlen and KV-cache inputs are not supported");
   if (p.head_dim_v != 0 && p.head_dim_v != p.head_dim)
     return Status::Unsupported("hopper backward: head_dim_v must equal head_dim");
+  // The deterministic mode (bulk dQ + per-Q-block semaphores) and the bulk /
+  // dqfirst / dq32 variants hung or timed out in their first H100 run
+  // (2026-11-25; not debugged yet): off unless FLASHATTN_HOPPER_BWD_EXPERIMENTS=1.
+  // FA2 runs deterministic requests (kernel auto falls back on this refusal).
+  const char* experiments = std::getenv("FLASHATTN_HOPPER_BWD_EXPERIMENTS");
+  const bool experimental = experiments != nullptr && std::string(experiments) == "1";
+  if (p.deterministic && !experimental)
+    return Status::Unsupported("hopper backward: deterministic mode is disabled (it hung in its first H100 test); "
+                               "kernel auto runs deterministic requests on fa2");
   if (p.batch > 65535 || p.heads_kv > 65535)
     return Status::Unsupported("hopper backward: batch and heads_kv are grid dimensions: at most 65535 each");
   return p.dtype == DType::kBFloat16 ? sm90::bwd::run_dtype<__nv_bfloat16>(p) : sm90::bwd::run_dtype<__half>(p);

@@ -23,12 +23,6 @@ namespace sm90 {
 
 namespace {
 
-__global__ void fill_neg_inf(float* x, int64_t n) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] = -INFINITY;
-}
-
 template <int D>
 Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
@@ -95,15 +89,8 @@ Status run(const FwdParams& p) {
   k.pingpong = !has("no_pingpong");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
-  // Varlen LSE is [batch, heads_q, max_seqlen_q]: the kernel writes each
-  // sequence's rows, the rows past a sequence's end get -inf here first (as
-  // the decode kernel and the CPU reference leave them).
-  if (packed_q && p.lse != nullptr) {
-    const int64_t n = p.batch * p.heads_q * p.seqlen_q;
-    const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 1024));
-    fill_neg_inf<<<blocks, 256, 0, a.stream>>>(p.lse, n);
-    FA_CUDA_CHECK_LAUNCH("hopper: lse fill");
-  }
+  st = fill_varlen_lse_padding(p, a.stream);  // LSE rows past each sequence's end: -inf
+  if (!st.ok()) return st;
   return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
 }
 
