@@ -32,7 +32,7 @@ Status append_kv(const KvAppendParams& p);
 // Varlen LSE is [batch, heads_q, max_seqlen_q]: the prefill kernels write each
 // sequence's rows; this sets the rest to -inf first (as the decode kernel and the
 // CPU reference leave them). No-op unless cu_seqlens_q and lse are set. dispatch.cu.
-Status fill_varlen_lse_padding(const FwdParams& p, cudaStream_t stream);
+Status fill_varlen_lse_padding(const FwdParams& p, void* stream);  // stream: a cudaStream_t
 
 // Does the current device support the Hopper rung (sm_90 and compiled for it)?
 bool hopper_available(int device_index);

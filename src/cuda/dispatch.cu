@@ -80,12 +80,12 @@ __global__ void fill_neg_inf(float* x, int64_t n) {
 }
 }  // namespace
 
-Status fill_varlen_lse_padding(const FwdParams& p, cudaStream_t stream) {
+Status fill_varlen_lse_padding(const FwdParams& p, void* stream) {
   if (p.cu_seqlens_q == nullptr || p.lse == nullptr) return Status::Ok();
   const int64_t n = p.batch * p.heads_q * p.seqlen_q;
   if (n == 0) return Status::Ok();
   const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 1024));
-  fill_neg_inf<<<blocks, 256, 0, stream>>>(p.lse, n);
+  fill_neg_inf<<<blocks, 256, 0, as_stream(stream)>>>(p.lse, n);
   FA_CUDA_CHECK_LAUNCH("varlen lse fill");
   return Status::Ok();
 }
