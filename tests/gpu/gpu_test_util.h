@@ -21,6 +21,15 @@
 namespace flashattn {
 namespace testing {
 
+// True on an sm_90 GPU (the Hopper kernels' tests skip elsewhere).
+inline bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
 // Aborts the current test (ASSERT-style) when a CUDA runtime call fails.
 #define FA_TEST_CUDA(expr)                                                                 \
   do {                                                                                     \

@@ -22,6 +22,7 @@ namespace {
 
 using testing::DeviceBuffer;
 using testing::HostTensor;
+using testing::is_sm90;
 
 struct DecodeCase {
   int64_t heads_q = 8, heads_kv = 2, seqlen_q = 1, head_dim = 128, capacity = 700;
@@ -208,14 +209,6 @@ void run_case(const DecodeCase& c, uint64_t seed) {
   // Rows with no keys: O exactly 0 and LSE -inf (max_abs_diff_lse checks the infinities match).
   const double err_lse = testing::max_abs_diff_lse(ref.lse, lse);
   EXPECT_LE(err_lse, 2 * err_low_lse + floor) << "LSE: kernel err " << err_lse << ", lowprec err " << err_low_lse;
-}
-
-bool is_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major == 9 && minor == 0;
 }
 
 // Varlen prefill (many query rows per sequence) through the Hopper kernel

@@ -19,14 +19,6 @@ namespace flashattn {
 namespace testing {
 namespace {
 
-bool is_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major == 9 && minor == 0;
-}
-
 // Refusals that mean "not this build / not this GPU" (skip), as opposed to a bug.
 bool is_build_refusal(const Status& st) {
   return st.code == StatusCode::kUnsupported && (st.message.find("no kernel compiled") != std::string::npos ||
