@@ -112,12 +112,14 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     head_dim]; with return_lse=True (out, lse); with return_attn_probs=True (out, lse, None) like flash-attn
     (no probabilities are returned). lse is float32 [batch, heads_q, max_seqlen_q] (the dense layout, not
     flash-attn's packed [heads_q, total_q]): lse[b, h, i] belongs to query row cu_seqlens_q[b] + i; rows past a
-    sequence's length are unused.
+    sequence's length are -inf.
 
     torch tensors (CPU or CUDA, current stream) or numpy arrays (CPU). Autograd: CPU torch tensors
     (the float64-accumulating reference backward); on CUDA the varlen/KV-cache backward is not implemented
     yet, so inputs that require grad raise a ValueError there. On the CPU, kernel "auto" runs the exact
-    reference path (cpu_flash does not take varlen inputs).
+    reference path (cpu_flash does not take varlen inputs). With torch it runs through the custom ops
+    flashattn::varlen_fwd / varlen_bwd, so torch.compile(fullgraph=True) traces it; on an sm_90 GPU the
+    Hopper kernel runs it (FA2 elsewhere).
     """
     _varlen.check_unsupported(dropout_p, alibi_slopes)
     _varlen.check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
