@@ -220,22 +220,6 @@ __device__ __forceinline__ void st_shared_xor_f32x2(uint32_t addr, uint32_t flip
                "f"(a), "f"(b)
                : "memory");
 }
-// mbar_wait / mbar_arrive on a shared-memory address (no generic pointer to hoist).
-__device__ __forceinline__ void mbar_wait_addr(uint32_t addr, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive_addr(uint32_t addr) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(addr) : "memory");
-}
 // dst[0 .. bytes/4) += the floats at shared address src (one bulk reduction, async proxy).
 __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src),
