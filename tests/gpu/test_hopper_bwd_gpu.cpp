@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bwd_test_util.h"
 #include "gpu_test_util.h"
 #include "test_util.h"
 
@@ -53,57 +54,6 @@ bool experiments_on() {
     FLASHATTN_SKIP_WITHOUT_GPU();                        \
     if (!is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";  \
   } while (0)
-
-double bwd_floor(const Shape& s) {
-  const double n = static_cast<double>(std::max(s.seqlen_q, s.seqlen_k));
-  return tolerance_floor(s.dtype) * std::max(1.0, std::sqrt(n / 64.0));
-}
-
-// Fills o and lse of the host problem with the oracle's forward (rounded to the dtype).
-void host_forward(Problem& pb) {
-  FwdParams f = pb.params;
-  f.kernel = Kernel::kReference;
-  f.device = Device::kCPU;
-  Status st = forward(f);
-  ASSERT_TRUE(st.ok()) << st.message;
-}
-
-// Runs the GPU backward with `kernel` on a problem whose o/lse are filled and
-// copies dq/dk/dv back. Returns the status (outputs copied only when ok).
-Status run_gpu_backward(Problem& pb, Kernel kernel, bool deterministic = false) {
-  GpuProblem g(pb, /*with_backward=*/true);
-  EXPECT_TRUE(g.ok());
-  EXPECT_EQ(g.o.upload(pb.o.data(), pb.o.bytes.size()), cudaSuccess);
-  EXPECT_EQ(g.lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)), cudaSuccess);
-  BwdParams p = g.params;
-  p.kernel = kernel;
-  p.deterministic = deterministic;
-  const Status st = backward(p);
-  if (st.ok()) EXPECT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
-  return st;
-}
-
-struct Oracle {
-  cpu::RefBackward ref;
-  LowPrecBackward low;
-};
-Oracle oracle(const Problem& pb) { return {cpu::reference_backward_f64(pb.params), lowprec_backward(pb.params)}; }
-
-void check_against_oracle(const Problem& pb, const std::string& what, const Oracle& o) {
-  const auto& ref = o.ref;
-  const auto& low = o.low;
-  const double floor = bwd_floor(pb.shape);
-  const double e_dq = max_abs_diff(ref.dq, pb.dq), e_dk = max_abs_diff(ref.dk, pb.dk),
-               e_dv = max_abs_diff(ref.dv, pb.dv);
-  const double l_dq = max_abs_diff(ref.dq, low.dq), l_dk = max_abs_diff(ref.dk, low.dk),
-               l_dv = max_abs_diff(ref.dv, low.dv);
-  EXPECT_LE(e_dq, 2 * l_dq + floor) << what << " dq (lowprec " << l_dq << ")";
-  EXPECT_LE(e_dk, 2 * l_dk + floor) << what << " dk (lowprec " << l_dk << ")";
-  EXPECT_LE(e_dv, 2 * l_dv + floor) << what << " dv (lowprec " << l_dv << ")";
-  printf("  %-60s dq %.2e/%.2e dk %.2e/%.2e dv %.2e/%.2e\n", what.c_str(), e_dq, 2 * l_dq + floor, e_dk,
-         2 * l_dk + floor, e_dv, 2 * l_dv + floor);
-}
-void check_against_oracle(const Problem& pb, const std::string& what) { check_against_oracle(pb, what, oracle(pb)); }
 
 // One case with kHopper: skips on a build refusal, fails on any other error.
 void run_case(const Shape& s, uint64_t seed) {
@@ -443,79 +393,13 @@ TEST(HopperBwd, Variants) {
     unsetenv("FLASHATTN_HOPPER_BWD_VARIANT");
 }
 
-// q, k, v (and dq, dk, dv) as slices of packed [b, s, 3, h, d] buffers with an
-// 8-element gap per row, dout with a padded batch stride: the TMA maps take the
-// real strides, the epilogue writes only the rows' own columns.
+// Packed-QKV views with row gaps, padded dout batch stride (bwd_test_util.h): the
+// TMA maps take the real strides, the epilogue writes only the rows' own columns.
 TEST(HopperBwd, Strided) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
-  Shape s;
-  s.batch = 2;
-  s.seqlen_q = s.seqlen_k = 150;
-  s.heads_q = s.heads_kv = 3;
-  s.head_dim = 96;
-  s.causal = true;
-  s.dtype = DType::kFloat16;
-  Problem pb(s, 555);
-  host_forward(pb);
-  const int64_t H = s.heads_q, D = s.head_dim, S = s.seqlen_q, B = s.batch;
-  const int64_t row = 3 * H * D + 8, bstride = S * row + 16;
-  const int64_t esz = dtype_size(s.dtype);
-  std::vector<uint8_t> qkv(static_cast<size_t>(B * bstride * esz), 0);
-  const HostTensor* src[3] = {&pb.q, &pb.k, &pb.v};
-  for (int t = 0; t < 3; ++t)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t h = 0; h < H; ++h)
-          std::memcpy(&qkv[(b * bstride + i * row + t * H * D + h * D) * esz],
-                      src[t]->bytes.data() + ((b * S + i) * H + h) * D * esz, D * esz);
-  const int64_t do_bstride = S * H * D + 64;
-  std::vector<uint8_t> dout(static_cast<size_t>(B * do_bstride * esz), 0);
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(&dout[b * do_bstride * esz], pb.dout.bytes.data() + b * S * H * D * esz, S * H * D * esz);
-
-  DeviceBuffer d_qkv(qkv.size()), d_dqkv(qkv.size()), d_dout(dout.size()), d_o(pb.o.bytes.size()),
-      d_lse(pb.lse.size() * sizeof(float));
-  FA_TEST_CUDA(d_qkv.upload(qkv.data(), qkv.size()));
-  FA_TEST_CUDA(d_dout.upload(dout.data(), dout.size()));
-  FA_TEST_CUDA(d_o.upload(pb.o.data(), pb.o.bytes.size()));
-  FA_TEST_CUDA(d_lse.upload(pb.lse.data(), pb.lse.size() * sizeof(float)));
-  FA_TEST_CUDA(d_dqkv.poison());
-
-  BwdParams p = pb.params;
-  auto* base = static_cast<uint8_t*>(d_qkv.get());
-  auto* dbase = static_cast<uint8_t*>(d_dqkv.get());
-  p.q = base, p.k = base + H * D * esz, p.v = base + 2 * H * D * esz;
-  p.dq = dbase, p.dk = dbase + H * D * esz, p.dv = dbase + 2 * H * D * esz;
-  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = bstride;
-  p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = bstride;
-  p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
-  p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = row;
-  p.q_head_stride = p.k_head_stride = p.v_head_stride = D;
-  p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = D;
-  p.dout = d_dout.get();
-  p.dout_batch_stride = do_bstride;
-  p.o = d_o.get();
-  p.lse = d_lse.as<float>();
-  p.device = Device::kCUDA;
-  p.kernel = Kernel::kHopper;
-  const Status st = backward(p);
+  const Status st = strided_backward_case(Kernel::kHopper, 96);
   if (is_build_refusal(st)) GTEST_SKIP() << st.message;
   ASSERT_TRUE(st.ok()) << st.message;
-  FA_TEST_CUDA(cudaDeviceSynchronize());
-  std::vector<uint8_t> dqkv(qkv.size());
-  FA_TEST_CUDA(d_dqkv.download(dqkv.data(), dqkv.size()));
-  HostTensor* dst[3] = {&pb.dq, &pb.dk, &pb.dv};
-  for (int t = 0; t < 3; ++t)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t h = 0; h < H; ++h)
-          std::memcpy(dst[t]->bytes.data() + ((b * S + i) * H + h) * D * esz,
-                      &dqkv[(b * bstride + i * row + t * H * D + h * D) * esz], D * esz);
-  check_against_oracle(pb, s.name() + "_strided");
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t e = 3 * H * D; e < row; ++e)
-        ASSERT_EQ(dqkv[(b * bstride + i * row + e) * esz], 0xff) << "write past a row";
 }
 
 // What the Hopper backward refuses (kAuto then runs FA2): float32, head dims > 128.
