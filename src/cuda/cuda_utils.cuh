@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <string>
 
 #include "flashattn/params.h"
@@ -64,6 +65,30 @@ class DeviceGuard {
  private:
   int previous_ = 0;
   bool switched_ = false;
+};
+
+// Runs a setup call once per device. cudaFuncSetAttribute (the dynamic shared
+// memory opt-in) applies to the current device's copy of a kernel only, so a
+// process-wide "done" flag would leave every other GPU without it and their
+// launches would fail (a multi-GPU ring then hangs in the peer's receive).
+// One static instance per kernel: `static PerDeviceOnce once; FA_CUDA_CHECK(once.run(...));`
+class PerDeviceOnce {
+ public:
+  template <class F>
+  cudaError_t run(F&& setup) {
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    if (device < 0 || device >= kMaxDevices) return setup();  // past the table: every call
+    if (done_[device].load(std::memory_order_acquire)) return cudaSuccess;
+    err = setup();  // two threads may both run it: setting an attribute twice is harmless
+    if (err == cudaSuccess) done_[device].store(true, std::memory_order_release);
+    return err;
+  }
+
+ private:
+  static constexpr int kMaxDevices = 64;
+  std::atomic<bool> done_[kMaxDevices]{};
 };
 
 }  // namespace cuda

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -153,6 +154,17 @@ struct GpuProblem {
     return cudaSuccess;
   }
 };
+
+// O and LSE of a host problem (copied back from the GPU) against the float64
+// oracle with the tolerance rule: at most 2x the naive input-precision error.
+inline void expect_forward_matches_oracle(const Problem& pb, const std::string& what) {
+  const auto ref = cpu::reference_forward_f64(pb.params);
+  const auto low = lowprec_forward(pb.params);
+  const double tol = 2 * max_abs_diff(ref.out, low.out) + tolerance_floor(pb.shape.dtype);
+  EXPECT_LE(max_abs_diff(ref.out, pb.o), tol) << what << " O";
+  const double tol_lse = 2 * max_abs_diff_lse(ref.lse, low.lse) + 1e-3;
+  EXPECT_LE(max_abs_diff_lse(ref.lse, pb.lse), tol_lse) << what << " LSE";
+}
 
 }  // namespace testing
 }  // namespace flashattn

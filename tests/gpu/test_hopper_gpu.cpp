@@ -31,18 +31,6 @@ bool is_build_refusal(const Status& st) {
     if (!is_sm90()) GTEST_SKIP() << "not an sm_90 GPU";                    \
   } while (0)
 
-void expect_matches_oracle(const Problem& pb, const std::string& what) {
-  const auto ref = cpu::reference_forward_f64(pb.params);
-  const auto low = lowprec_forward(pb.params);
-  const DType dt = pb.shape.dtype;
-  const double tol = 2 * max_abs_diff(ref.out, low.out) + tolerance_floor(dt);
-  const double err = max_abs_diff(ref.out, pb.o);
-  EXPECT_LE(err, tol) << what << " O";
-  const double tol_lse = 2 * max_abs_diff_lse(ref.lse, low.lse) + 1e-3;
-  const double err_lse = max_abs_diff_lse(ref.lse, pb.lse);
-  EXPECT_LE(err_lse, tol_lse) << what << " LSE";
-}
-
 // Runs one shape (contiguous tensors) with kHopper and checks O and LSE.
 void run_case(const Shape& s, uint64_t seed = 42) {
   HOPPER_SKIP_UNLESS_SM90();
@@ -55,7 +43,7 @@ void run_case(const Shape& s, uint64_t seed = 42) {
   if (is_build_refusal(st)) GTEST_SKIP() << st.message;
   ASSERT_TRUE(st.ok()) << s.name() << ": " << st.message;
   ASSERT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
-  expect_matches_oracle(pb, s.name());
+  expect_forward_matches_oracle(pb, s.name());
 }
 
 Shape make(int64_t b, int64_t sq, int64_t sk, int64_t hq, int64_t hkv, int64_t d, DType dt = DType::kBFloat16) {
@@ -219,7 +207,7 @@ TEST(HopperGpu, StridedPackedQkv) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < S; ++i)
         for (int64_t x = 0; x < H * D; ++x) pb.o.set((b * S + i) * H * D + x, o_padded.get((b * S + i) * o_row + x));
-    expect_matches_oracle(pb, "packed qkv d" + std::to_string(d));
+    expect_forward_matches_oracle(pb, "packed qkv d" + std::to_string(d));
   }
 }
 

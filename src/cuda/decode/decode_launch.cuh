@@ -88,11 +88,9 @@ Status run_decode_typed(const FwdParams& p) {
 
   constexpr int kSmem = smem_bytes<D>();
   auto split_kernel = decode_split_kernel<T, D>;
-  static bool attr_set = false;  // per instantiation; setting it twice is harmless
-  if (!attr_set) {
-    FA_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    attr_set = true;
-  }
+  static PerDeviceOnce smem_opt_in;  // per instantiation and device
+  FA_CUDA_CHECK(smem_opt_in.run(
+      [&] { return cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem); }));
   // SM count and CTAs per SM, queried once per device (decode calls are short:
   // the host cost of each call matters).
   constexpr int kMaxDevices = 64;

@@ -797,12 +797,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 template <class Tr>
 Status launch_variant(const LaunchArgs& a) {
   constexpr int smem = smem_bytes<Tr>();
-  static bool attr_set = false;
-  if (!attr_set) {
-    FA_CUDA_CHECK(
-        cudaFuncSetAttribute(hopper_bwd_kernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    attr_set = true;
-  }
+  static PerDeviceOnce smem_opt_in;
+  FA_CUDA_CHECK(smem_opt_in.run(
+      [] { return cudaFuncSetAttribute(hopper_bwd_kernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); }));
   hopper_bwd_kernel<Tr><<<a.grid, kThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.tm_do, a.params);
   FA_CUDA_CHECK_LAUNCH("hopper_bwd_kernel");
   return Status::Ok();

@@ -51,12 +51,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 template <class Tr, bool kOverlap>
 Status launch_variant(const LaunchArgs& a) {
   constexpr int smem = smem_bytes<Tr>();
-  static bool attr_set = false;
-  if (!attr_set) {
-    FA_CUDA_CHECK(cudaFuncSetAttribute(hopper_fwd_kernel<Tr, kOverlap>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       smem));
-    attr_set = true;
-  }
+  static PerDeviceOnce smem_opt_in;
+  FA_CUDA_CHECK(smem_opt_in.run([] {
+    return cudaFuncSetAttribute(hopper_fwd_kernel<Tr, kOverlap>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  }));
   hopper_fwd_kernel<Tr, kOverlap><<<a.grid, Tr::kThreads, smem, a.stream>>>(a.tm_q, a.tm_k, a.tm_v, a.params);
   FA_CUDA_CHECK_LAUNCH("hopper_fwd_kernel");
   return Status::Ok();
