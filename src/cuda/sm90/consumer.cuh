@@ -186,10 +186,8 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    for (int t = live_tile(p, blockIdx.x, BM); t >= 0;
-         t = live_tile(p, t + static_cast<int>(gridDim.x), BM), ++tile_iter) {
-      int m_block, head, b;
-      p.sched.decode(t, m_block, head, b);
+    TileWalk walk(blockIdx.x);
+    for (int m_block, head, b; walk.next(p, BM, m_block, head, b); ++tile_iter) {
       const TileSeq seq = tile_seq(p, b);
       const BlockMask<BM, BN> bm{seq.mask(p)};
       int n_begin, n_end;

@@ -70,19 +70,46 @@ __device__ __forceinline__ TileSeq tile_seq(const KernelParams& p, int b) {
   return s;
 }
 
-// The first tile among t, t + gridDim.x, ... that starts before its sequence's
-// end, or -1: the producer and the consumers walk the same tiles. Dense batches
-// read nothing (their tile grid has no empty tiles); varlen grids cover the
-// longest sequence, so shorter ones have tiles to skip.
-__device__ __forceinline__ int live_tile(const KernelParams& p, int t, int block_m) {
-  for (; t < p.sched.total(); t += static_cast<int>(gridDim.x)) {
-    if (p.cu_seqlens_q == nullptr) return t;
-    int m_block, head, b;
-    p.sched.decode(t, m_block, head, b);
-    if (m_block * block_m < p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b]) return t;
+// The tiles of one CTA, in order: t = blockIdx.x, t + gridDim.x, ... The producer
+// and the consumers each walk their own copy and meet the same tiles.
+//   Dense: t is decoded by the TileScheduler (its tile grid has no empty tiles).
+//   Varlen: t numbers only the live tiles (those that start before their
+//   sequence's end), sequence by sequence, in each m_block descending with the
+//   heads fastest. A grid sized for the longest sequence would be mostly empty
+//   tiles, and a round robin over it deals the live ones unevenly: with 22 query
+//   blocks and 132 CTAs every CTA always got the same m_block, and the CTAs of the
+//   late blocks (live only in long sequences) idled -- half the throughput on
+//   the ragged bench batch. Over the live tiles each CTA gets a near-equal share
+//   of every sequence. The cursor moves forward only (t grows), so the walk reads
+//   each cu_seqlens_q entry once per CTA.
+struct TileWalk {
+  int t;
+  int seq = -1;  // varlen cursor: the live tiles of sequences <= seq end before `end`
+  int end = 0;    // (in each sequence m_block-major, descending, with the heads fastest)
+
+  __device__ __forceinline__ explicit TileWalk(int first) : t(first) {}
+
+  // The next tile's coordinates; false when this CTA has none left.
+  __device__ __forceinline__ bool next(const KernelParams& p, int block_m, int& m_block, int& head, int& b) {
+    if (p.cu_seqlens_q == nullptr) {
+      if (t >= p.sched.total()) return false;
+      p.sched.decode(t, m_block, head, b);
+    } else {
+      while (t >= end) {
+        if (++seq >= p.sched.batch) return false;
+        const int len_q = p.cu_seqlens_q[seq + 1] - p.cu_seqlens_q[seq];
+        end += (len_q + block_m - 1) / block_m * p.sched.heads;
+      }
+      // Counted from the sequence's end: its last m_block first.
+      const int from_end = end - 1 - t;
+      m_block = from_end / p.sched.heads;
+      head = p.sched.heads - 1 - from_end % p.sched.heads;
+      b = seq;
+    }
+    t += static_cast<int>(gridDim.x);
+    return true;
   }
-  return -1;
-}
+};
 
 // Everything one launch needs; built by hopper_fwd.cu, consumed by the
 // instantiation files (launch_hopper_fwd<D, BF16> in kernel.cuh).

@@ -49,10 +49,8 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
                   seq.k_row0 + n * Tr::kBlockN, head_kv, seq.k_batch);
     vpos.advance<Tr::kStages>();
   };
-  for (int t = live_tile(p, blockIdx.x, Tr::kBlockM); t >= 0;
-       t = live_tile(p, t + static_cast<int>(gridDim.x), Tr::kBlockM), ++tile_iter) {
-    int m_block, head, b;
-    p.sched.decode(t, m_block, head, b);
+  TileWalk walk(blockIdx.x);
+  for (int m_block, head, b; walk.next(p, Tr::kBlockM, m_block, head, b); ++tile_iter) {
     const TileSeq seq = tile_seq(p, b);
     mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
     const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{seq.mask(p)};

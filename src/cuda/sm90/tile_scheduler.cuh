@@ -1,6 +1,6 @@
 // Persistent tile scheduler: grid = #SMs, CTA i runs tiles i, i + grid, ...
-// (varlen: skipping tiles that start past their sequence's end, live_tile in
-// kernel_params.cuh). A tile is (m_block, head, batch) of BM query rows.
+// (TileWalk in kernel_params.cuh; varlen batches number their live tiles there
+// instead). A tile is (m_block, head, batch) of BM query rows.
 // (A dynamic scheduler -- a global atomic tile counter, the index handed from
 // the producer to the consumers through shared memory -- was tried; racecheck
 // cannot see the mbarrier ordering of that handoff, and its benefit was never
