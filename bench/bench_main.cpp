@@ -5,6 +5,7 @@
 //   flashattn-bench --gpu           CUDA rungs vs torch SDPA flash / cudnn (bf16; --dtype fp16)
 //   flashattn-bench --gpu --bwd     backward (fa2 / auto) vs torch
 //   flashattn-bench --gpu --decode  Nq = 1 KV-cache decode, contiguous and paged: KV-read GB/s
+//   flashattn-bench --ring          ring attention over the machine's GPUs (NCCL) vs one GPU: scaling
 //   --quick                         a seconds-long smoke sweep of the chosen mode
 //   --b --h --hkv --n --nk --d --causal 0|1 --dtype fp32|fp16|bf16 --reps R --threads T --no-torch
 //   --max-seconds S / --row-timeout S   bounds of the GPU mode (a hung kernel ends the run with a partial table)
@@ -20,7 +21,7 @@ namespace {
 
 void usage() {
   std::printf(
-      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--varlen] [--quick] [--no-torch]\n"
+      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--varlen] [--ring] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
       "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T] [--splits S (decode num_splits)]\n"
       "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
@@ -30,6 +31,8 @@ void usage() {
       "       --softmax only the row-softmax sweep (GB/s vs a device copy and torch.softmax).\n"
       "       --varlen  prefill of a packed ragged batch (cu_seqlens, 16 sequences, 16k tokens) vs the\n"
       "                 dense batch of the same tokens (TFLOPS count each sequence's own work).\n"
+      "--ring: ring attention over 1, 2, 4, 8 GPUs (NCCL, one rank per GPU) vs one GPU on the whole\n"
+      "        sequence: fwd/bwd time, TFLOPS, scaling efficiency (--n total tokens, default 16k x GPUs).\n"
       "FLOPs: fwd 4*B*H*Nq*Nk*D (/2 causal), bwd 2.5x fwd. Times: median, after warm-up.\n");
 }
 
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode") o.decode = true;
     else if (a == "--softmax") o.softmax = true;
     else if (a == "--varlen") o.varlen = true;
+    else if (a == "--ring") o.ring = true;
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--b") o.b = integer("--b");
     else if (a == "--h") o.h = integer("--h");
@@ -98,5 +102,6 @@ int main(int argc, char** argv) {
   }
   std::printf("flashattn %s, CUDA backend %s\n", flashattn::version(),
               flashattn::cuda_compiled() ? "compiled" : "not compiled");
+  if (o.ring) return flashattn::bench::run_ring(o);
   return o.gpu ? flashattn::bench::run_gpu(o) : flashattn::bench::run_cpu(o);
 }

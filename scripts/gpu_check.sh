@@ -4,6 +4,7 @@
 #   -> C++ GPU tests -> compute-sanitizer on small cases of every kernel
 #   -> pytest (torch CUDA parity, autograd, torch.compile) + Python overhead
 #   -> flashattn-bench --gpu (fwd, bwd, decode) vs torch SDPA flash/cudnn, same run
+#      (and --ring, ring attention over NCCL, when the machine has 2+ GPUs)
 #   -> a short table last.
 # Logs and tables land in $OUT (or ./gpu_check_out).
 # STAGES picks what runs (default: all): "build tests sanitize python bench".
@@ -111,10 +112,15 @@ if stage bench; then
   t0=$(date +%s)
   timeout 90 "$BUILD/bench/flashattn-bench" --gpu --varlen --max-seconds 60 >"$OUT/bench_varlen.txt" 2>"$OUT/bench_varlen.err"
   note "bench --gpu --varlen rc=$? ($(elapsed $t0))"
+  if [ "$(nvidia-smi -L | grep -c '^GPU')" -ge 2 ]; then
+    t0=$(date +%s)
+    NCCL_NVLS_ENABLE=0 timeout 180 "$BUILD/bench/flashattn-bench" --ring >"$OUT/bench_ring.txt" 2>"$OUT/bench_ring.err"
+    note "bench --ring rc=$? ($(elapsed $t0))"
+  fi
 fi
 
 echo
-for f in bench_fwd bench_bwd bench_decode bench_softmax bench_varlen; do
+for f in bench_fwd bench_bwd bench_decode bench_softmax bench_varlen bench_ring; do
   [ -s "$OUT/$f.txt" ] && { echo "--- $f (summary)"; tail -25 "$OUT/$f.txt"; }
 done
 echo "######## $CARD ########"
