@@ -196,9 +196,16 @@ Status backward(const BwdParams& p) {
     if (!st.ok()) return st;
   }
   DeviceGuard guard(device);
-  if (p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.block_table)
-    return Status::Unsupported("no CUDA backward for varlen / KV-cache requests (cu_seqlens, seqused_k, "
-                               "block_table) yet; the CPU reference backward handles them");
+  // Varlen (cu_seqlens_q/k, seqused_k): the fa2 backward reads them; the Hopper
+  // backward refuses them (kAuto then runs fa2). Paged KV (block_table): none.
+  for (auto [name, ptr] : {std::pair<const char*, const void*>{"cu_seqlens_q", p.cu_seqlens_q},
+                           {"cu_seqlens_k", p.cu_seqlens_k}, {"seqused_k", p.seqused_k}}) {
+    st = check_device_pointer(name, ptr, device);
+    if (!st.ok()) return st;
+  }
+  if (p.block_table)
+    return Status::Unsupported("no CUDA backward for a paged KV cache (block_table); the CPU reference backward "
+                               "handles it");
   switch (p.kernel) {
     case Kernel::kFA2:
       return fa2_backward(p);
@@ -209,7 +216,7 @@ Status backward(const BwdParams& p) {
       return Status::Unsupported("the hopper kernel needs an sm_90 GPU and a build with 90a in FLASHATTN_CUDA_ARCHS");
     case Kernel::kAuto:
       // The Hopper backward where it runs and supports the request (head dim
-      // <= 128, fp16/bf16, not deterministic for now: hopper_bwd.cu), else FA2.
+      // <= 128, fp16/bf16, dense, not deterministic for now: hopper_bwd.cu), else FA2.
 #if FLASHATTN_HAS_SM90
       if (p.dtype != DType::kFloat32 && hopper_available(device)) {
         const Status hst = hopper_backward(p);

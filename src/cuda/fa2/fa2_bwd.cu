@@ -1,7 +1,8 @@
 // FlashAttention-2 backward: host side. Checks what the kernels can't do, picks
 // the instantiated head dim (the smallest compiled one >= head_dim; the extra
 // columns are zero-filled in shared memory and never written back), allocates
-// the fp32 workspace on the stream and launches (fa2_bwd_kernel.cuh).
+// the fp32 workspace on the stream and launches (fa2_bwd_kernel.cuh). Varlen
+// requests use the same workspace shape: seqlen_q is the longest sequence.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -57,6 +58,11 @@ Status fa2_backward(const BwdParams& p) {
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (major < 8) return Status::Unsupported("the fa2 backward needs an sm_80 or newer GPU (mma.sync bf16/fp16)");
+  // Varlen (cu_seqlens_q/k, seqused_k) is read by the kVarlen kernels; a paged
+  // cache is not (the backward of a KV cache is rarely wanted: it is inference state).
+  if (p.block_table)
+    return Status::Unsupported("the fa2 backward does not read block_table (paged KV cache); "
+                               "the CPU reference backward handles it");
   if (p.batch > 65535 || p.heads_kv > 65535)
     return Status::Unsupported("the fa2 backward launches batch and heads_kv as grid dimensions: at most 65535 each");
 

@@ -12,6 +12,12 @@
 //      per-Q-block semaphore, so the sum order is fixed).
 //   3. bwd_convert_dq: dQ = scale * dq_accum, in the dtype, with the output strides.
 //
+// Variable-length batches (kVarlen): each sequence b has its own lengths and
+// first packed rows (SeqLayout below); the grid still covers the longest one and
+// the CTAs past a sequence's end leave at once. Masks are bottom-right aligned
+// per sequence, as in the CPU reference. LSE, D and dq_accum keep the dense
+// [batch, heads_q, seqlen_q(_pad)] shape, so only the tensor addressing changes.
+//
 // Tile: Br = 64 query rows x Bc = 64 key rows, 4 warps. Warp w owns key rows
 // [16w, 16w + 16) for S^T, dP^T, dK, dV and query rows [16w, 16w + 16) for dQ.
 // Working transposed (S^T = K Q^T) keeps P^T and dS^T in the accumulator layout
@@ -60,8 +66,36 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t row_st
   }
 }
 
+// Lengths of sequence b and where its rows start. Dense: batch entry b with the
+// full lengths, bound by reference to the params (accessor calls here changed
+// the dense kernels' code; with references their PTX is what it was before
+// varlen). Varlen: read from the index arrays once per CTA.
+template <bool kVarlen>
+struct SeqLayout {
+  const int64_t& nq;      // query rows
+  const int64_t& nk;      // keys seen
+  const int64_t& k_rows;  // key rows owned: dK/dV rows written
+  static constexpr int64_t q_start = 0, k_start = 0;  // first packed row
+  const int64_t q_batch, k_batch;                      // index for the batch strides
+  __device__ __forceinline__ SeqLayout(const KernelParams& p, int64_t b)
+      : nq(p.seqlen_q), nk(p.seqlen_k), k_rows(p.seqlen_k), q_batch(b), k_batch(b) {}
+};
+template <>
+struct SeqLayout<true> {
+  int64_t q_start, k_start, nq, k_rows, nk, q_batch, k_batch;
+  __device__ __forceinline__ SeqLayout(const KernelParams& p, int64_t b) {
+    const bool packed = p.cu_seqlens_q != nullptr;  // cu_seqlens_q and _k come together (validate.cpp)
+    q_start = packed ? p.cu_seqlens_q[b] : 0;
+    k_start = packed ? p.cu_seqlens_k[b] : 0;
+    nq = packed ? p.cu_seqlens_q[b + 1] - q_start : p.seqlen_q;
+    k_rows = packed ? p.cu_seqlens_k[b + 1] - k_start : p.seqlen_k;
+    nk = p.seqused_k ? p.seqused_k[b] : k_rows;  // keys in [nk, k_rows): dK = dV = 0
+    q_batch = k_batch = packed ? 0 : b;          // packed tensors ignore the batch strides
+  }
+};
+
 // D = rowsum(dO * O) (B3), zero on the padded rows. One warp per row.
-template <typename T>
+template <typename T, bool kVarlen>
 __global__ void bwd_preprocess(KernelParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -70,10 +104,13 @@ __global__ void bwd_preprocess(KernelParams p) {
   const int64_t i = row % p.seqlen_q_pad;
   const int64_t h = (row / p.seqlen_q_pad) % p.heads_q;
   const int64_t b = row / (p.seqlen_q_pad * p.heads_q);
+  const SeqLayout<kVarlen> s(p, b);
   float acc = 0.0f;
-  if (i < p.seqlen_q) {
-    const T* o = static_cast<const T*>(p.o) + b * p.o_batch_stride + i * p.o_row_stride + h * p.o_head_stride;
-    const T* d = static_cast<const T*>(p.dout) + b * p.do_batch_stride + i * p.do_row_stride + h * p.do_head_stride;
+  if (i < s.nq) {
+    const int64_t r = s.q_start + i;
+    const T* o = static_cast<const T*>(p.o) + s.q_batch * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
+    const T* d =
+        static_cast<const T*>(p.dout) + s.q_batch * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
     for (int64_t c = lane * 8; c < p.head_dim; c += 32 * 8) {
       const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
       const uint4 dv = *reinterpret_cast<const uint4*>(d + c);
@@ -89,7 +126,8 @@ __global__ void bwd_preprocess(KernelParams p) {
 }
 
 // dq = scale * dq_accum in the dtype, with the dq strides. 8 elements per thread.
-template <typename T>
+// Varlen: the rows of sequence b past its length are no rows of dq.
+template <typename T, bool kVarlen>
 __global__ void bwd_convert_dq(KernelParams p) {
   const int64_t chunks = p.head_dim / 8;
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -98,6 +136,8 @@ __global__ void bwd_convert_dq(KernelParams p) {
   const int64_t h = (idx / chunks) % p.heads_q;
   const int64_t i = (idx / (chunks * p.heads_q)) % p.seqlen_q;
   const int64_t b = idx / (chunks * p.heads_q * p.seqlen_q);
+  const SeqLayout<kVarlen> s(p, b);
+  if (kVarlen && i >= s.nq) return;
   const float* src = p.dq_accum + ((b * p.heads_q + h) * p.seqlen_q_pad + i) * p.head_dim_pad + c * 8;
   const float4 lo = *reinterpret_cast<const float4*>(src);
   const float4 hi = *reinterpret_cast<const float4*>(src + 4);
@@ -106,14 +146,19 @@ __global__ void bwd_convert_dq(KernelParams p) {
   out.y = sm80::pack2<T>(lo.z * p.scale, lo.w * p.scale);
   out.z = sm80::pack2<T>(hi.x * p.scale, hi.y * p.scale);
   out.w = sm80::pack2<T>(hi.z * p.scale, hi.w * p.scale);
-  T* dst = static_cast<T*>(p.dq) + b * p.dq_batch_stride + i * p.dq_row_stride + h * p.dq_head_stride + c * 8;
+  T* dst = static_cast<T*>(p.dq) + s.q_batch * p.dq_batch_stride + (s.q_start + i) * p.dq_row_stride +
+           h * p.dq_head_stride + c * 8;
   *reinterpret_cast<uint4*>(dst) = out;
 }
 
 __device__ __forceinline__ int ld_acquire(const int* ptr) {
+#if defined(__CUDACC__)
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(ptr) : "memory");
   return v;
+#else  // the host emulator (scripts/fa2_emu)
+  return __atomic_load_n(ptr, __ATOMIC_ACQUIRE);
+#endif
 }
 
 // dq_accum[0..3] += v[0..3] (16-byte aligned): one vector reduction on sm_90.
@@ -131,8 +176,10 @@ __device__ __forceinline__ void red_add_f32x4(float* dst, float a, float b, floa
 
 // The main kernel. kD: instantiated (padded) head dim; kWarps: warps per CTA
 // (Bc = 16 * kWarps key rows); kSplit: CTAs per key block, each owning kD / kSplit
-// output columns; kStages: 2 = the next Q block's tiles load during this one.
-template <typename T, int kD, int kWarps, int kSplit, int kStages>
+// output columns; kStages: 2 = the next Q block's tiles load during this one;
+// kVarlen: per-sequence lengths and packed rows (a template flag so that the
+// dense instantiations compile exactly as before).
+template <typename T, int kD, int kWarps, int kSplit, int kStages, bool kVarlen>
 __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
   constexpr int kThreadsCta = 32 * kWarps;
   constexpr int kBlockN = 16 * kWarps;
@@ -165,25 +212,31 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t j0 = n_block * kBlockN;
-  const int64_t off = p.seqlen_k - p.seqlen_q;  // bottom-right alignment of the mask
+  const SeqLayout<kVarlen> s(p, b);
+  // Varlen: the grid covers the longest sequence; a block past this one's key
+  // rows owns no dK/dV rows. (Whole CTA leaves: no barrier has run yet.)
+  if (kVarlen && j0 >= s.k_rows) return;
+  const int64_t off = s.nk - s.nq;  // bottom-right alignment of the mask
   const int64_t wl = p.window_left, wr = p.window_right;
 
   // K_j, V_j: loaded once.
-  load_tile<T, kBlockN, kD, kThreadsCta>(sK, static_cast<const T*>(p.k) + b * p.k_batch_stride +
-                                                 j0 * p.k_row_stride + hk * p.k_head_stride,
-                                         p.k_row_stride, p.seqlen_k - j0, p.head_dim);
-  load_tile<T, kBlockN, kD, kThreadsCta>(sV, static_cast<const T*>(p.v) + b * p.v_batch_stride +
-                                                 j0 * p.v_row_stride + hk * p.v_head_stride,
-                                         p.v_row_stride, p.seqlen_k - j0, p.head_dim);
+  load_tile<T, kBlockN, kD, kThreadsCta>(sK, static_cast<const T*>(p.k) + s.k_batch * p.k_batch_stride +
+                                                 (s.k_start + j0) * p.k_row_stride + hk * p.k_head_stride,
+                                         p.k_row_stride, s.nk - j0, p.head_dim);
+  load_tile<T, kBlockN, kD, kThreadsCta>(sV, static_cast<const T*>(p.v) + s.k_batch * p.v_batch_stride +
+                                                 (s.k_start + j0) * p.v_row_stride + hk * p.v_head_stride,
+                                         p.v_row_stride, s.nk - j0, p.head_dim);
   sm80::cp_async_commit();
 
   // Query rows that see at least one key of [j0, j_last] (mask.h, inverted).
-  const int64_t j_last = min(j0 + kBlockN, p.seqlen_k) - 1;
-  int64_t i_lo = 0, i_hi = p.seqlen_q - 1;
+  // Varlen: keys [j0, k_rows) past seqused_k are seen by no row (dK = dV = 0).
+  const bool has_keys = !kVarlen || j0 < s.nk;
+  const int64_t j_last = min(j0 + kBlockN, s.nk) - 1;
+  int64_t i_lo = 0, i_hi = s.nq - 1;
   if (wr >= 0) i_lo = max(i_lo, j0 - off - wr);
   if (wl >= 0) i_hi = min(i_hi, j_last - off + wl);
   const int64_t m_begin = i_lo / kBlockM;
-  const int64_t num_m = i_lo <= i_hi ? i_hi / kBlockM + 1 - m_begin : 0;
+  const int64_t num_m = has_keys && i_lo <= i_hi ? i_hi / kBlockM + 1 - m_begin : 0;
   const int64_t total = num_m * p.group;  // (query head of the group, Q block) pairs
 
   // Issue the loads of pair `it` into stage `stage`: Q and dO tiles (cp.async), LSE and D.
@@ -191,17 +244,18 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
     const int64_t h = hk * p.group + it / num_m;
     const int64_t i0 = (m_begin + it % num_m) * kBlockM;
     load_tile<T, kBlockM, kD, kThreadsCta>(sQ + stage * kBlockM * kS,
-                                           static_cast<const T*>(p.q) + b * p.q_batch_stride +
-                                               i0 * p.q_row_stride + h * p.q_head_stride,
-                                           p.q_row_stride, p.seqlen_q - i0, p.head_dim);
+                                           static_cast<const T*>(p.q) + s.q_batch * p.q_batch_stride +
+                                               (s.q_start + i0) * p.q_row_stride + h * p.q_head_stride,
+                                           p.q_row_stride, s.nq - i0, p.head_dim);
     load_tile<T, kBlockM, kD, kThreadsCta>(sdO + stage * kBlockM * kS,
-                                           static_cast<const T*>(p.dout) + b * p.do_batch_stride +
-                                               i0 * p.do_row_stride + h * p.do_head_stride,
-                                           p.do_row_stride, p.seqlen_q - i0, p.head_dim);
+                                           static_cast<const T*>(p.dout) + s.q_batch * p.do_batch_stride +
+                                               (s.q_start + i0) * p.do_row_stride + h * p.do_head_stride,
+                                           p.do_row_stride, s.nq - i0, p.head_dim);
     if (tid < kBlockM) {
       const int64_t i = i0 + tid;
       float l = -INFINITY;
-      if (i < p.seqlen_q) l = p.lse[(b * p.heads_q + h) * p.seqlen_q + i];
+      // LSE rows are [batch, heads_q, seqlen_q] with seqlen_q the maximum (varlen too).
+      if (i < s.nq) l = p.lse[(b * p.heads_q + h) * p.seqlen_q + i];
       // A fully masked row (LSE = -inf) or a padded row: P = exp2(x - inf) = 0, never NaN.
       sLse[stage * kBlockM + tid] = l == -INFINITY ? INFINITY : l * kLog2e;
       sDelta[stage * kBlockM + tid] = p.delta[(b * p.heads_q + h) * p.seqlen_q_pad + i];
@@ -271,9 +325,12 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
     }
 
     // P^T = exp(s - LSE) (B2), with the mask and the softcap; in the log2 domain.
-    const int64_t i_last = min(i0 + kBlockM, p.seqlen_q) - 1;
-    const bool need_mask = i0 + kBlockM > p.seqlen_q || j0 + kBlockN > p.seqlen_k ||
-                           (wr >= 0 && j_last > i0 + off + wr) || (wl >= 0 && j0 < i_last + off - wl);
+    // (Dense: the lengths are read through p right here, not through s or a local:
+    // that keeps the dense kernels' PTX exactly what it was before varlen.)
+    const int64_t i_last = min(i0 + kBlockM, kVarlen ? s.nq : p.seqlen_q) - 1;
+    const bool need_mask = i0 + kBlockM > (kVarlen ? s.nq : p.seqlen_q) ||
+                           j0 + kBlockN > (kVarlen ? s.nk : p.seqlen_k) || (wr >= 0 && j_last > i0 + off + wr) ||
+                           (wl >= 0 && j0 < i_last + off - wl);
 #pragma unroll
     for (int n = 0; n < kNT; ++n)
 #pragma unroll
@@ -283,7 +340,8 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
                                    : acc_s[n][e] * p.scale_log2;
         if (need_mask) {
           const int64_t i = i0 + ic, j = j0 + warp * 16 + g + (e >> 1) * 8;
-          const bool visible = j < p.seqlen_k && (wr < 0 || j <= i + off + wr) && (wl < 0 || j >= i + off - wl);
+          const bool visible = j < (kVarlen ? s.nk : p.seqlen_k) && (wr < 0 || j <= i + off + wr) &&
+                               (wl < 0 || j >= i + off - wl);
           if (!visible) x = -INFINITY;
         }
         acc_s[n][e] = sm80::exp2_approx(x - lse2[ic]);
@@ -355,7 +413,7 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
     if (p.deterministic) {
       // Contributions to dQ_i are added in decreasing key-block order: wait until
       // the key blocks above this one that see Q block m have added theirs.
-      int64_t j_top = p.seqlen_k - 1;
+      int64_t j_top = s.nk - 1;
       if (wr >= 0) j_top = min(j_top, i_last + off + wr);
       const int64_t n_last = j_top / kBlockN;
       sem = p.dq_sem + ((half * p.batch + b) * p.heads_q + h) * p.num_m_blocks + m;
@@ -402,13 +460,16 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
   }
   sm80::cp_async_wait<0>();  // copies in flight when no Q block was visited
 
-  // Epilogue: dK = scale * acc_dk, dV = acc_dv, in the dtype (rows past seqlen_k dropped).
+  // Epilogue: dK = scale * acc_dk, dV = acc_dv, in the dtype (rows past the
+  // sequence's key rows dropped; varlen rows in [seqused_k, k_rows) get zeros).
 #pragma unroll
   for (int half_row = 0; half_row < 2; ++half_row) {
     const int64_t j = j0 + warp * 16 + g + half_row * 8;
-    if (j >= p.seqlen_k) continue;
-    T* dk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + j * p.dk_row_stride + hk * p.dk_head_stride;
-    T* dv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride + hk * p.dv_head_stride;
+    if (j >= s.k_rows) continue;
+    T* dk = static_cast<T*>(p.dk) + s.k_batch * p.dk_batch_stride + (s.k_start + j) * p.dk_row_stride +
+            hk * p.dk_head_stride;
+    T* dv = static_cast<T*>(p.dv) + s.k_batch * p.dv_batch_stride + (s.k_start + j) * p.dv_row_stride +
+            hk * p.dv_head_stride;
 #pragma unroll
     for (int n = 0; n < kOT; ++n) {
       const int c = col0 + n * 8 + 2 * t;
@@ -420,7 +481,9 @@ __global__ void __launch_bounds__(32 * kWarps) bwd_main(KernelParams p) {
   }
 }
 
+#if defined(__CUDACC__)  // the host emulator (scripts/fa2_emu) compiles only the kernels
 // Runs the three kernels for one instantiated head dim (fa2_bwd_hdimNNN_*.cu).
+// Preprocess and convert_dq are instantiated once, in fa2_bwd_steps.cu.
 template <typename T, int kD>
 Status launch(const KernelParams& params, cudaStream_t stream) {
   constexpr int kWarps = bwd_warps(kD), kSplit = bwd_split(kD), kStages = bwd_stages(kD);
@@ -428,23 +491,20 @@ Status launch(const KernelParams& params, cudaStream_t stream) {
   KernelParams p = params;
   p.num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
 
-  const int rows_per_block = 256 / 32;
-  const int64_t rows = p.batch * p.heads_q * p.seqlen_q_pad;
-  bwd_preprocess<T><<<(unsigned)((rows + rows_per_block - 1) / rows_per_block), 256, 0, stream>>>(p);
-  FA_CUDA_CHECK_LAUNCH("fa2 bwd preprocess");
+  Status st = launch_preprocess<T>(p, stream);
+  if (!st.ok()) return st;
 
   constexpr size_t smem = smem_bytes<kD, kBlockN, kStages>();
-  auto kernel = bwd_main<T, kD, kWarps, kSplit, kStages>;
+  auto kernel = kernel_is_varlen(p) ? bwd_main<T, kD, kWarps, kSplit, kStages, true>
+                                    : bwd_main<T, kD, kWarps, kSplit, kStages, false>;
   FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const dim3 grid((unsigned)(p.num_n_blocks * kSplit), (unsigned)p.heads_kv, (unsigned)p.batch);
   kernel<<<grid, 32 * kWarps, smem, stream>>>(p);
   FA_CUDA_CHECK_LAUNCH("fa2 bwd main");
 
-  const int64_t chunks = p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 8);
-  bwd_convert_dq<T><<<(unsigned)((chunks + 255) / 256), 256, 0, stream>>>(p);
-  FA_CUDA_CHECK_LAUNCH("fa2 bwd convert dq");
-  return Status::Ok();
+  return launch_convert_dq<T>(p, stream);
 }
+#endif
 
 }  // namespace fa2bwd
 }  // namespace cuda

@@ -38,9 +38,9 @@ struct KernelParams {
   void* dq;
   void* dk;
   void* dv;
-  const float* lse;  // [batch, heads_q, seqlen_q], natural log
+  const float* lse;  // [batch, heads_q, seqlen_q], natural log (varlen: seqlen_q = the maximum)
   float* delta;      // workspace [batch, heads_q, seqlen_q_pad]
-  float* dq_accum;   // workspace [batch, heads_q, seqlen_q_pad, head_dim_pad], fp32
+  float* dq_accum;   // workspace [batch, heads_q, seqlen_q_pad, head_dim_pad], fp32 (varlen too: per sequence)
   int* dq_sem;       // workspace [split, batch, heads_q, num_m_blocks] (deterministic only)
 
   int64_t q_batch_stride, q_row_stride, q_head_stride;
@@ -66,7 +66,19 @@ struct KernelParams {
   float softcap_in;    // scale / softcap
   float softcap_log2;  // softcap * log2(e)
   bool deterministic;
+
+  // Variable-length batches (params.h), read only by the kVarlen instantiations:
+  // cu_seqlens_q/k (set together) make q/o/dout/dq resp. k/v/dk/dv packed rows
+  // (batch strides ignored); seqused_k caps the keys of each sequence. seqlen_q /
+  // seqlen_k are then the maxima, and the LSE / workspaces keep their dense shape.
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  const int32_t* seqused_k;
 };
+
+// Whether a request needs the kVarlen instantiations (bwd_main reads per-sequence
+// lengths; preprocess and convert_dq need them only for packed query rows).
+inline bool kernel_is_varlen(const KernelParams& p) { return p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k; }
 
 template <typename T, int kD>
 Status launch(const KernelParams& p, cudaStream_t stream);

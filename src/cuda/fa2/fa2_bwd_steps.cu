@@ -1,9 +1,10 @@
 // The parts of the FA2 backward that other backward main kernels reuse: the
 // kernel params of a BwdParams, and the first and last kernels (bwd_preprocess,
-// bwd_convert_dq). The Hopper backward (sm90/hopper_bwd.cu) runs preprocess ->
-// its own main kernel -> convert. The template kernels are instantiated here,
-// for every arch of the build, so that no file compiled for fewer archs (sm90/
-// is 90a only) instantiates them too.
+// bwd_convert_dq). The FA2 backward (fa2bwd::launch) and the Hopper backward
+// (sm90/hopper_bwd.cu) run preprocess -> their main kernel -> convert; a packed
+// (varlen) q picks the kVarlen instantiations. The template kernels are
+// instantiated here, for every arch of the build, so that no file compiled for
+// fewer archs (sm90/ is 90a only) instantiates them too.
 #include "common/mask.h"
 #include "cuda/fa2/fa2_bwd_kernel.cuh"
 
@@ -50,6 +51,9 @@ KernelParams make_params(const BwdParams& p, int64_t head_dim_pad) {
   k.softcap_in = p.softcap > 0.0f ? k.scale / p.softcap : 0.0f;
   k.softcap_log2 = p.softcap * kLog2e;
   k.deterministic = p.deterministic;
+  k.cu_seqlens_q = p.cu_seqlens_q;
+  k.cu_seqlens_k = p.cu_seqlens_k;
+  k.seqused_k = p.seqused_k;
   return k;
 }
 
@@ -57,7 +61,11 @@ template <typename T>
 Status launch_preprocess(const KernelParams& p, cudaStream_t stream) {
   const int rows_per_block = 256 / 32;
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q_pad;
-  bwd_preprocess<T><<<(unsigned)((rows + rows_per_block - 1) / rows_per_block), 256, 0, stream>>>(p);
+  const unsigned blocks = (unsigned)((rows + rows_per_block - 1) / rows_per_block);
+  if (p.cu_seqlens_q)
+    bwd_preprocess<T, true><<<blocks, 256, 0, stream>>>(p);
+  else
+    bwd_preprocess<T, false><<<blocks, 256, 0, stream>>>(p);
   FA_CUDA_CHECK_LAUNCH("bwd preprocess");
   return Status::Ok();
 }
@@ -65,7 +73,11 @@ Status launch_preprocess(const KernelParams& p, cudaStream_t stream) {
 template <typename T>
 Status launch_convert_dq(const KernelParams& p, cudaStream_t stream) {
   const int64_t chunks = p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 8);
-  bwd_convert_dq<T><<<(unsigned)((chunks + 255) / 256), 256, 0, stream>>>(p);
+  const unsigned blocks = (unsigned)((chunks + 255) / 256);
+  if (p.cu_seqlens_q)
+    bwd_convert_dq<T, true><<<blocks, 256, 0, stream>>>(p);
+  else
+    bwd_convert_dq<T, false><<<blocks, 256, 0, stream>>>(p);
   FA_CUDA_CHECK_LAUNCH("bwd convert dq");
   return Status::Ok();
 }
