@@ -348,6 +348,18 @@ std::vector<int64_t> pick(int64_t given, std::vector<int64_t> sweep, std::vector
   return is_quick ? quick : sweep;
 }
 
+// FLASHATTN_BENCH_HOPPER_VARIANTS="no_l2_groups,wg3": extra forward rows that run the
+// Hopper kernel with FLASHATTN_HOPPER_VARIANT set to each entry (hopper_fwd.cu lists
+// them), interleaved with the default rows of the same run: leave-one-out timings.
+std::vector<std::string> hopper_variants() {
+  std::vector<std::string> out;
+  const char* env = std::getenv("FLASHATTN_BENCH_HOPPER_VARIANTS");
+  std::stringstream list(env ? env : "");
+  for (std::string v; std::getline(list, v, ',');)
+    if (!v.empty()) out.push_back(v);
+  return out;
+}
+
 void build_attention_sweep(Sweep& s, bool bwd) {
   const Options& o = s.o;
   const auto ns = pick(o.n, {512, 1024, 2048, 4096, 8192, 16384}, {1024, 4096}, o.quick);
@@ -383,6 +395,12 @@ void build_attention_sweep(Sweep& s, bool bwd) {
           r.name = kernel_name(k);
           s.rows.push_back(r);
         }
+        if (!bwd)
+          for (const std::string& v : hopper_variants()) {  // leave-one-out rows, same run
+            Row r = base;
+            r.name = "hopper:" + v;
+            s.rows.push_back(r);
+          }
         if (bwd) {  // the Hopper backward with deterministic = true
           Row r = base;
           r.name = "hopper_det";
@@ -658,16 +676,24 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
     BENCH_CUDA(cudaDeviceSynchronize());
   }
   for (Row* r : group) {
+    const bool variant = r->name.rfind("hopper:", 0) == 0;  // FLASHATTN_BENCH_HOPPER_VARIANTS row
     p.kernel = r->name == "naive" ? Kernel::kNaive
                : r->name == "fa1"  ? Kernel::kFA1
                : r->name == "fa2"  ? Kernel::kFA2
-               : r->name == "hopper" || r->name == "hopper_det" ? Kernel::kHopper
-                                                                : Kernel::kAuto;
+               : r->name == "hopper" || r->name == "hopper_det" || variant ? Kernel::kHopper
+                                                                           : Kernel::kAuto;
     p.deterministic = r->name == "hopper_det";
+    const char* before = std::getenv("FLASHATTN_HOPPER_VARIANT");
+    const std::string saved = before ? before : "";
+    if (variant) setenv("FLASHATTN_HOPPER_VARIANT", r->name.c_str() + 7, 1);
     s.measure(*r, sets, [&](int i) {
       bind(i);
       return bwd ? backward(p) : forward(static_cast<const FwdParams&>(p));
     });
+    if (variant) {
+      if (before) setenv("FLASHATTN_HOPPER_VARIANT", saved.c_str(), 1);
+      else unsetenv("FLASHATTN_HOPPER_VARIANT");
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -153,6 +154,27 @@ TEST(HopperGpu, PersistentManyTiles) {
   run_case(s);
   s.causal = true;
   run_case(s, 7);
+}
+
+// Causal / window tiles run longest first in groups of (batch, head) pairs whose K/V
+// fit in L2 (tile_scheduler.cuh). Real shapes need long sequences for several
+// groups, so the group size is forced: 3 pairs of 10 (3 + 3 + 3 + a short last 1),
+// and 4 with GQA (query heads of one KV head adjacent), every tile exactly once.
+struct ForcedL2Heads {  // sets FLASHATTN_HOPPER_L2_HEADS for one scope
+  explicit ForcedL2Heads(const char* n) { setenv("FLASHATTN_HOPPER_L2_HEADS", n, 1); }
+  ~ForcedL2Heads() { unsetenv("FLASHATTN_HOPPER_L2_HEADS"); }
+};
+TEST(HopperGpu, CausalL2Groups) {
+  {
+    ForcedL2Heads three("3");
+    Shape s = make(2, 700, 650, 5, 5, 128);
+    s.causal = true;
+    run_case(s, 11);
+  }
+  ForcedL2Heads four("4");
+  Shape g = make(3, 300, 300, 4, 2, 64);
+  g.window_left = 100, g.window_right = 0;
+  run_case(g, 12);
 }
 
 // q, k, v as views of one packed [batch, seqlen, 3, heads, dim] tensor, and an

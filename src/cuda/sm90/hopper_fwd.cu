@@ -28,7 +28,7 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, wg3. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -83,9 +83,19 @@ Status run(const FwdParams& p) {
   const int64_t tiles = static_cast<int64_t>(k.sched.num_m_blocks) * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) return Status::Unsupported("hopper: more than 2^31 query tiles");
 
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, l2_bytes = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
   FA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  // Longest-first order in groups of heads whose K/V fill about half the L2
+  // (tile_scheduler.cuh); query heads of one KV head share it. `no_l2_groups`:
+  // one group (the plain longest-first order), for the leave-one-out timing.
+  const int64_t bh_count = p.heads_q * p.batch;
+  const int64_t kv_bytes_per_q_head = std::max<int64_t>(1, 2 * p.seqlen_k * D * 2 / (p.heads_q / p.heads_kv));
+  int64_t l2_heads = has("no_l2_groups") ? bh_count : l2_bytes / 2 / kv_bytes_per_q_head;
+  // Tests force small groups (several groups and a short last one on small shapes).
+  if (const char* forced = std::getenv("FLASHATTN_HOPPER_L2_HEADS")) l2_heads = std::atoll(forced);
+  k.sched.l2_heads = static_cast<int>(std::clamp<int64_t>(l2_heads, 1, bh_count));
   k.pingpong = !has("no_pingpong");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);

@@ -7,8 +7,13 @@
 // measured apart from other changes, so the static order stays.)
 //   Non-causal: m_block fastest, so the CTAs running at the same time share the
 //   K/V of one or two heads (and of one KV group under GQA): K/V stay in L2.
-//   Causal (right window): longest tiles first (m_block descending), heads of one
-//   batch adjacent, so the short tiles at the end fill the tail of the grid.
+//   Causal (right window): longest tiles first (m_block descending), in groups of
+//   `l2_heads` (batch, head) pairs whose K/V fit in about half the L2: all the
+//   group's m_blocks, longest first, heads fastest, then the next group. So the
+//   CTAs running at once read the K/V of a few heads, and the short tiles at the
+//   end of the last group fill the tail of the grid. (With one group, l2_heads =
+//   heads * batch, this is the plain longest-first order; the FA3 paper's
+//   scheduler swizzles its LPT order the same way.)
 #pragma once
 
 #include <cstdint>
@@ -20,6 +25,7 @@ struct TileScheduler {
   int heads = 0;
   int batch = 0;
   bool longest_first = false;
+  int l2_heads = 1;  // longest_first: (batch, head) pairs per L2 group (>= 1)
 
   __host__ __device__ int total() const { return num_m_blocks * heads * batch; }
 
@@ -27,8 +33,13 @@ struct TileScheduler {
     int bh;
     if (longest_first) {
       const int bh_count = heads * batch;
-      bh = t % bh_count;
-      m_block = num_m_blocks - 1 - t / bh_count;
+      const int group_tiles = l2_heads * num_m_blocks;
+      const int group = t / group_tiles;
+      const int group_first = group * l2_heads;
+      const int group_size = min(l2_heads, bh_count - group_first);  // the last group may be short
+      const int r = t - group * group_tiles;
+      bh = group_first + r % group_size;
+      m_block = num_m_blocks - 1 - r / group_size;
     } else {
       m_block = t % num_m_blocks;
       bh = t / num_m_blocks;
