@@ -220,9 +220,9 @@ struct Consumer {
             __syncwarp();
             if (lane == 0) {
               mbar_arrive(&s.k_empty[stage]);
-              if (n_begin == n_end - 1) mbar_arrive(&s.q_empty);
+              if (n_end - n_begin == 1) mbar_arrive(&s.q_empty);
             }
-            score_mod(p, bm, sc, m_block, n_begin, row0, lane);
+            score_mod(p, bm, sc, m_block, kv_block(p, n_begin, n_end, 0), row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
             pack_p(sc, pa);
           }
@@ -232,7 +232,8 @@ struct Consumer {
             stage = 0;
             phase ^= 1;
           }
-          for (int n = n_begin + 1; n < n_end; ++n) {
+          for (int i = 1; i < n_end - n_begin; ++i) {
+            const int n = kv_block(p, n_begin, n_end, i);
             float sc[BN / 2];
             mbar_wait(&s.k_full[stage], phase);
             mbar_wait(&s.v_full[prev_stage], prev_phase);
@@ -245,7 +246,7 @@ struct Consumer {
             __syncwarp();
             if (lane == 0) {
               mbar_arrive(&s.k_empty[stage]);
-              if (n == n_end - 1) mbar_arrive(&s.q_empty);
+              if (i == n_end - n_begin - 1) mbar_arrive(&s.q_empty);
             }
             score_mod(p, bm, sc, m_block, n, row0, lane);
             softmax(sc, row_max, row_sum, corr, sl2);
@@ -272,7 +273,8 @@ struct Consumer {
           if (lane == 0) mbar_arrive(&s.v_empty[prev_stage]);
         }
       } else {
-        for (int n = n_begin; n < n_end; ++n) {
+        for (int i = 0; i < n_end - n_begin; ++i) {
+          const int n = kv_block(p, n_begin, n_end, i);
           float sc[BN / 2];
           mbar_wait(&s.k_full[stage], phase);
           issue_s(s, sc, wg, stage);
@@ -281,7 +283,7 @@ struct Consumer {
           __syncwarp();
           if (lane == 0) {
             mbar_arrive(&s.k_empty[stage]);
-            if (n == n_end - 1) mbar_arrive(&s.q_empty);  // last use of Q in this tile
+            if (i == n_end - n_begin - 1) mbar_arrive(&s.q_empty);  // last use of Q in this tile
           }
           score_mod(p, bm, sc, m_block, n, row0, lane);
           softmax(sc, row_max, row_sum, corr, sl2);

@@ -28,7 +28,7 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups, reverse_kv. Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -97,6 +97,7 @@ Status run(const FwdParams& p) {
   if (const char* forced = std::getenv("FLASHATTN_HOPPER_L2_HEADS")) l2_heads = std::atoll(forced);
   k.sched.l2_heads = static_cast<int>(std::clamp<int64_t>(l2_heads, 1, bh_count));
   k.pingpong = !has("no_pingpong");
+  k.reverse_kv = has("reverse_kv");
   a.grid = static_cast<int>(tiles < sms || no_persistent ? tiles : sms);
   a.stream = as_stream(p.stream);
   st = fill_varlen_lse_padding(p, a.stream);  // LSE rows past each sequence's end: -inf

@@ -32,7 +32,15 @@ struct KernelParams {
   const int* cu_seqlens_k = nullptr;
   const int* seqused_k = nullptr;
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
+  bool reverse_kv = false;  // visit a tile's KV blocks last to first (experiment, see kv_block)
 };
+
+// The i-th KV block a tile visits out of [n_begin, n_end): in order, or last first
+// (`reverse_kv`: a causal tile's masked diagonal block then comes first, in the
+// prologue that no GEMM overlaps anyway). Producer and consumers use the same order.
+__device__ __forceinline__ int kv_block(const KernelParams& p, int n_begin, int n_end, int i) {
+  return p.reverse_kv ? n_end - 1 - i : n_begin + i;
+}
 
 // Where sequence b lives and what it may see: the TMA coordinates of its first
 // query / key row (row, batch) and its mask with its own lengths (bottom-right

@@ -65,10 +65,11 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
                   seq.q_batch);
     // K_{n+1} before V_n: the consumers need K_{n+1} (for S_{n+1}) before they
     // need V_n (for O += P_n V_n, issued after S_{n+1} in the overlapped loop).
-    if (n_begin < n_end) load_k(n_begin, head_kv, seq);
-    for (int n = n_begin; n < n_end; ++n) {
-      if (n + 1 < n_end) load_k(n + 1, head_kv, seq);
-      load_v(n, head_kv, seq);
+    const int blocks = n_end - n_begin;
+    if (blocks > 0) load_k(kv_block(p, n_begin, n_end, 0), head_kv, seq);
+    for (int i = 0; i < blocks; ++i) {
+      if (i + 1 < blocks) load_k(kv_block(p, n_begin, n_end, i + 1), head_kv, seq);
+      load_v(kv_block(p, n_begin, n_end, i), head_kv, seq);
     }
   }
 }
