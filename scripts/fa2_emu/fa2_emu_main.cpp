@@ -21,6 +21,7 @@ thread_local Dim3 threadIdx, blockIdx;
 Dim3 gridDim;
 namespace flashattn { namespace cuda { namespace fa2 { alignas(16) unsigned char smem[256 * 1024]; } } }
 using flashattn::cuda::fa2::smem;
+unsigned char* g_emu_smem = smem;
 std::barrier<>* g_cta_barrier;
 WarpSlots g_warps[8];
 using namespace flashattn;

@@ -1,10 +1,12 @@
-// HOST EMULATION of src/cuda/fa2/mma_sm80.cuh for scripts/fa2_emu/fa2_emu_main.cpp: the
-// same functions, executed by one std::thread per CUDA thread. Warp collectives (ldmatrix,
+// HOST EMULATION of src/cuda/fa2/mma_sm80.cuh for scripts/fa2_emu/fa2_emu_main.cpp (forward)
+// and fa2_bwd_emu_main.cpp (backward): the same functions, executed by one std::thread per
+// CUDA thread. Warp collectives (ldmatrix,
 // mma.sync, shuffles) exchange operands through per-warp slots between two barriers and
 // follow the PTX fragment layouts; cp.async copies synchronously. Not part of the library.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -16,15 +18,20 @@ using std::min; using std::max;
 #undef __shared__
 #undef __align__
 #define __global__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__
 #define __align__(n) __attribute__((aligned(n)))
 struct Dim3 { unsigned x, y, z; };
 extern thread_local Dim3 threadIdx, blockIdx;
 extern Dim3 gridDim;
+extern Dim3 blockDim;  // defined by the mains whose kernels read it (the backward's)
 namespace flashattn { namespace cuda { namespace fa2 { extern unsigned char smem[]; } } }
 extern std::barrier<>* g_cta_barrier;
 inline void __syncthreads() { g_cta_barrier->arrive_and_wait(); }
+// Global-memory atomics of the backward (dQ accumulation, deterministic semaphores).
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 struct WarpSlots { uint64_t v[32][8]; std::barrier<>* bar; };
 extern WarpSlots g_warps[8];
 inline WarpSlots& my_warp() { return g_warps[threadIdx.x / 32]; }
@@ -34,15 +41,23 @@ inline float __shfl_xor_sync(unsigned, float x, int m) {
   std::memcpy(&w.v[l][0], &x, 4); w.bar->arrive_and_wait();
   float y; std::memcpy(&y, &w.v[l ^ m][0], 4); w.bar->arrive_and_wait(); return y;
 }
+inline int __any_sync(unsigned, int pred) {  // every lane of the warp takes part (as in the kernels)
+  WarpSlots& w = my_warp(); int l = threadIdx.x % 32;
+  w.v[l][0] = pred != 0; w.bar->arrive_and_wait();
+  int any = 0; for (int i = 0; i < 32; ++i) any |= (int)w.v[i][0];
+  w.bar->arrive_and_wait(); return any;
+}
+// Base of the emulated shared memory: each main points it at the array its kernel
+// declares (fa2::smem for the forward, fa2bwd::smem_raw for the backward).
+extern unsigned char* g_emu_smem;
 namespace flashattn { namespace cuda { namespace sm80 {
-using fa2::smem;
-inline uint32_t smem_addr(const void* p) { return (uint32_t)((const unsigned char*)p - smem); }
+inline uint32_t smem_addr(const void* p) { return (uint32_t)((const unsigned char*)p - g_emu_smem); }
 inline void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  if (valid) std::memcpy(smem + dst, src, 16); else std::memset(smem + dst, 0, 16);
+  if (valid) std::memcpy(g_emu_smem + dst, src, 16); else std::memset(g_emu_smem + dst, 0, 16);
 }
 inline void cp_async_commit() {}
 template <int N> inline void cp_async_wait() {}
-inline uint16_t ld16(uint32_t a) { uint16_t v; std::memcpy(&v, smem + a, 2); return v; }
+inline uint16_t ld16(uint32_t a) { uint16_t v; std::memcpy(&v, g_emu_smem + a, 2); return v; }
 inline void ldm(uint32_t (&r)[4], uint32_t addr, bool trans) {
   WarpSlots& w = my_warp(); int L = threadIdx.x % 32;
   w.v[L][0] = addr; w.bar->arrive_and_wait();
