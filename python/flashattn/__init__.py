@@ -115,11 +115,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     sequence's length are -inf.
 
     torch tensors (CPU or CUDA, current stream) or numpy arrays (CPU). Autograd: CPU torch tensors
-    (the float64-accumulating reference backward); on CUDA the varlen/KV-cache backward is not implemented
-    yet, so inputs that require grad raise a ValueError there. On the CPU, kernel "auto" runs the exact
-    reference path (cpu_flash does not take varlen inputs). With torch it runs through the custom ops
-    flashattn::varlen_fwd / varlen_bwd, so torch.compile(fullgraph=True) traces it; on an sm_90 GPU the
-    Hopper kernel runs it (FA2 elsewhere).
+    (the float64-accumulating reference backward) and CUDA ones (the FA2 backward reads cu_seqlens /
+    seqused_k; with a block_table, inputs that require grad raise a ValueError on CUDA). On the CPU, kernel
+    "auto" runs the exact reference path (cpu_flash does not take varlen inputs). With torch it runs through
+    the custom ops flashattn::varlen_fwd / varlen_bwd, so torch.compile(fullgraph=True) traces it; on an
+    sm_90 GPU the Hopper kernel runs the forward (FA2 elsewhere, and FA2 runs the CUDA backward).
     """
     _varlen.check_unsupported(dropout_p, alibi_slopes)
     _varlen.check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)

@@ -240,12 +240,14 @@ class _TorchBackend:
         return x.detach().to(torch.float32).contiguous()
 
 
-def _check_no_cuda_grad(what, *tensors):
+def _needs_grad(what, block_table, *tensors):
+    """Whether autograd must see the call. On CUDA the backward reads cu_seqlens / seqused_k (the fa2
+    backward) but not a page table: a paged CUDA call that needs gradients is refused before the forward."""
     if not _is_grad_enabled():
         return False
     needs = any(isinstance(t, _Tensor) and t.requires_grad for t in tensors)
-    if needs and any(isinstance(t, _Tensor) and t.is_cuda for t in tensors):
-        raise ValueError(f"{what}: the varlen / KV-cache backward is not available on CUDA yet (forward only); "
+    if needs and block_table is not None and any(isinstance(t, _Tensor) and t.is_cuda for t in tensors):
+        raise ValueError(f"{what}: the paged (block_table) backward is not available on CUDA (forward only); "
                          "run under torch.no_grad() / torch.inference_mode() or detach the inputs")
     return needs
 
@@ -285,8 +287,8 @@ def varlen_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
                   max_seqlen_k: int, softmax_scale: float, causal: bool, window_left: int, window_right: int,
                   softcap: float, block_table: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor],
                   deterministic: bool, kernel: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv like q, k, v (page pools: dk/dv of rows no sequence uses are 0). CPU only: on CUDA the
-    library answers Unsupported (raised as flashattn.UnsupportedError)."""
+    """dq, dk, dv like q, k, v (page pools: dk/dv of rows no sequence uses are 0). On CUDA: the fa2 backward
+    (cu_seqlens / seqused_k); a block_table there is refused (flashattn.UnsupportedError)."""
     return _varlen.varlen_backward(_TorchBackend, _usable_grad(dout, out), q, k, v, out, lse, cu_seqlens_q,
                                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_left,
                                    window_right, softcap, block_table, seqused_k, deterministic, kernel)
@@ -326,7 +328,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     left, right = _ops.window_pair(window_size)
     scale = 0.0 if softmax_scale is None else float(softmax_scale)
     kid = _ops.kernel_id(kernel)
-    if _check_no_cuda_grad("flash_attn_varlen_func", q, k, v) or _is_compiling():
+    if _needs_grad("flash_attn_varlen_func", block_table, q, k, v) or _is_compiling():
         # Through the custom op: autograd (CPU) and torch.compile(fullgraph=True).
         _check_index(("block_table", block_table), ("seqused_k", seqused_k))
         out, lse = varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
@@ -377,9 +379,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, c
         if x is not None and not isinstance(x, _Tensor):
             raise TypeError(f"{name} must be a torch.Tensor like q, got {type(x).__name__}")
     if _is_grad_enabled() and any(isinstance(t, _Tensor) and t.requires_grad for t in (q, k_cache, v_cache, k, v)):
-        raise ValueError("flash_attn_with_kvcache is inference only (no backward; the varlen / KV-cache backward is "
-                         "not available on CUDA yet): run under torch.no_grad() / torch.inference_mode() or detach "
-                         "the inputs")
+        raise ValueError("flash_attn_with_kvcache is inference only (no backward, as in flash-attn): run under "
+                         "torch.no_grad() / torch.inference_mode() or detach the inputs")
     if not _is_compiling():
         return _varlen.kvcache_forward(_TorchBackend, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
                                        cache_seqlens, block_table, softmax_scale, causal, window_size, softcap,
