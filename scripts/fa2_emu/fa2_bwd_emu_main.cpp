@@ -203,6 +203,25 @@ int main() {
     c.causal = true;
     fails += !run_varlen(c, seed++, /*deterministic=*/true);
   }
+  {  // dense batch with seqused_k alone (no cu_seqlens)
+    VarlenCase c;
+    c.packed = false;
+    c.q_lens = {70, 70}, c.k_lens = {140, 140}, c.used_k = {1, 131};
+    c.heads_q = 2, c.heads_kv = 1, c.head_dim = 64, c.dtype = DType::kFloat16, c.causal = true;
+    fails += !run_varlen(c, seed++);
+  }
+  // d > 128: 4 warps, Bc = 64, single-buffered, two CTAs per key block (kSplit = 2).
+  {
+    VarlenCase c = base(DType::kFloat16, 256);
+    c.heads_q = 4, c.heads_kv = 2;
+    c.used_k = {9, 2, 120, 0, 0};
+    fails += !run_varlen(c, seed++);
+  }
+  {
+    VarlenCase c = base(DType::kBFloat16, 192);  // on the d256 kernel
+    c.causal = true;
+    fails += !run_varlen(c, seed++, /*deterministic=*/true);
+  }
   std::printf("%d failures\n", fails);
   return fails != 0;
 }

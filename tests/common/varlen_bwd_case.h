@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct VarlenCase {
   std::vector<int32_t> q_lens;  // query rows of each sequence
   std::vector<int32_t> k_lens;  // key rows each sequence owns in the packed k / v
   std::vector<int32_t> used_k;  // seqused_k (keys actually attended), empty = all k_lens
+  // false: a dense batch [batch, seqlen, heads, d] (every q_lens / k_lens entry equal, no
+  // cu_seqlens; the varlen part is seqused_k alone). Same memory as packed equal lengths.
+  bool packed = true;
   int64_t heads_q = 2, heads_kv = 1, head_dim = 64;
   DType dtype = DType::kFloat16;
   bool causal = false;
@@ -44,6 +48,7 @@ struct VarlenCase {
       n += "_used";
       for (int32_t l : used_k) n += "-" + std::to_string(l);
     }
+    if (!packed) n += "_dense";
     if (causal) n += "_causal";
     if (window_left >= 0 || window_right >= 0)
       n += "_win" + std::to_string(window_left) + "," + std::to_string(window_right);
@@ -53,6 +58,7 @@ struct VarlenCase {
 };
 
 // Host tensors of a varlen case: packed q / o / dout / dq [total_q, heads_q, d],
+// (or dense [batch, seqlen, ...] when !packed),
 // k / v / dk / dv [total_k, heads_kv, d], LSE [batch, heads_q, max_q]; random
 // inputs, NaN outputs. params points at all of it (host index arrays included).
 struct VarlenProblem {
@@ -100,9 +106,16 @@ struct VarlenProblem {
     p.k_row_stride = p.v_row_stride = p.dk_row_stride = p.dv_row_stride = c.heads_kv * D;
     p.q_head_stride = p.o_head_stride = p.dout_head_stride = p.dq_head_stride = D;
     p.k_head_stride = p.v_head_stride = p.dk_head_stride = p.dv_head_stride = D;
-    p.cu_seqlens_q = cu_q.data();
-    p.cu_seqlens_k = cu_k.data();
-    p.total_q = total_q, p.total_k = total_k;
+    if (c.packed) {
+      p.cu_seqlens_q = cu_q.data();
+      p.cu_seqlens_k = cu_k.data();
+      p.total_q = total_q, p.total_k = total_k;
+    } else {  // dense: sequence b is batch entry b (equal lengths, so the same rows as packed)
+      for (int64_t b = 0; b < batch; ++b)
+        if (c.q_lens[b] != max_q || c.k_lens[b] != max_k) throw std::invalid_argument("dense case: unequal lengths");
+      p.q_batch_stride = p.o_batch_stride = p.dout_batch_stride = p.dq_batch_stride = max_q * p.q_row_stride;
+      p.k_batch_stride = p.v_batch_stride = p.dk_batch_stride = p.dv_batch_stride = max_k * p.k_row_stride;
+    }
     if (!c.used_k.empty()) p.seqused_k = c.used_k.data();
   }
   VarlenProblem(const VarlenProblem&) = delete;

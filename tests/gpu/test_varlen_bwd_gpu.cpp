@@ -51,7 +51,7 @@ Status run_varlen_backward(VarlenProblem& pb, Kernel kernel, bool deterministic,
   BwdParams p = pb.params;
   p.q = q.get(), p.k = k.get(), p.v = v.get(), p.o = o.get(), p.dout = dout.get(), p.lse = lse.as<float>();
   p.dq = dq.get(), p.dk = dk.get(), p.dv = dv.get();
-  p.cu_seqlens_q = cu_q.as<int32_t>(), p.cu_seqlens_k = cu_k.as<int32_t>();
+  if (pb.params.cu_seqlens_q) p.cu_seqlens_q = cu_q.as<int32_t>(), p.cu_seqlens_k = cu_k.as<int32_t>();
   p.seqused_k = pb.c.used_k.empty() ? nullptr : used.as<int32_t>();
   p.device = Device::kCUDA;
   p.kernel = kernel;
@@ -97,6 +97,18 @@ std::vector<VarlenCase> cases() {
         }
         out.push_back(c);
       }
+  // Dense batches with seqused_k alone (no cu_seqlens): keys capped per sequence.
+  for (int mode = 0; mode < 4; ++mode) {
+    VarlenCase c;
+    c.packed = false;
+    c.q_lens = {70, 70, 70}, c.k_lens = {150, 150, 150}, c.used_k = {0, 1, 131};
+    if (mode >= 2) c.q_lens = {200, 200, 200}, c.k_lens = {65, 65, 65}, c.used_k = {64, 30, 65};
+    c.head_dim = mode % 2 ? 128 : 64;
+    c.dtype = mode % 2 ? DType::kBFloat16 : DType::kFloat16;
+    c.heads_q = 4, c.heads_kv = 2;
+    c.causal = mode == 1 || mode == 2;
+    out.push_back(c);
+  }
   return out;
 }
 
