@@ -9,6 +9,7 @@
 //   --gpu --bwd      backward of fa2, hopper, auto and hopper_det (hopper, deterministic = true)
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 //   --gpu --varlen   a packed ragged batch (cu_seqlens) vs the dense batch of the same 16k tokens: TFLOPS
+//                    (with --bwd: the backward of both)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -464,6 +465,7 @@ std::vector<int64_t> varlen_lengths(int64_t b, int64_t mean) {
 // (16k tokens, hidden 2048) next to the dense batch of 16 x 1024 tokens. Work of
 // the ragged batch = sum of each sequence's own FLOPs, so TFLOPS compare.
 void build_varlen_sweep(Sweep& s) {
+  const bool bwd = s.o.bwd;  // --varlen --bwd: the backward of the same batches
   const int64_t b = 16, mean = 1024;
   const auto len = varlen_lengths(b, mean);
   const auto ds = pick(s.o.d, {64, 128}, {128}, s.o.quick);
@@ -472,7 +474,7 @@ void build_varlen_sweep(Sweep& s) {
       for (bool ragged : {false, true}) {
         Row base;
         base.group = s.group++;
-        base.section = "varlen";
+        base.section = bwd ? "varlen_bwd" : "varlen";
         base.dtype = s.dts;
         base.b = b;
         base.hq = base.hkv = 2048 / d;
@@ -481,15 +483,15 @@ void build_varlen_sweep(Sweep& s) {
         base.causal = c;
         base.note = ragged ? "varlen" : "dense";
         base.work = 0.0;
-        for (int64_t l : len) base.work += attention_flops(1, base.hq, ragged ? l : mean, ragged ? l : mean, d, c, false);
+        for (int64_t l : len) base.work += attention_flops(1, base.hq, ragged ? l : mean, ragged ? l : mean, d, c, bwd);
         for (Kernel k : {Kernel::kFA2, Kernel::kHopper, Kernel::kAuto}) {
           Row r = base;
           r.name = kernel_name(k);
           s.rows.push_back(r);
         }
         if (!ragged) {
-          s.add_torch(base, "flash", false);
-          s.add_torch(base, "cudnn", false);
+          s.add_torch(base, "flash", bwd);
+          s.add_torch(base, "cudnn", bwd);
         }
       }
     }
@@ -584,13 +586,13 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
   }
 
   // Attention: q [b, nq, hq, d], k/v [b, nk, hkv, d] (or page pools), o like q.
-  const bool bwd = g.section == "bwd";
+  const bool bwd = g.section == "bwd" || g.section == "varlen_bwd";
   const bool decode = g.section == "decode";
   const int64_t page = decode && g.note.rfind("paged", 0) == 0 ? std::stoll(g.note.substr(6)) : 0;
   const int64_t pages_per_seq = page ? (g.nk + page - 1) / page : 0;
   const int64_t num_pages = page ? g.b * pages_per_seq : 0;
   // --varlen: q/k/v/o packed [total, heads, d] by cu_seqlens (nq / nk are the max lengths).
-  const bool ragged = g.section == "varlen" && g.note == "varlen";
+  const bool ragged = (g.section == "varlen" || g.section == "varlen_bwd") && g.note == "varlen";
   const std::vector<int64_t> ragged_len = ragged ? varlen_lengths(g.b, 1024) : std::vector<int64_t>{};
   const int64_t total = ragged ? std::accumulate(ragged_len.begin(), ragged_len.end(), int64_t{0}) : 0;
   const int64_t nq_el = (ragged ? total : g.b * g.nq) * g.hq * g.d;

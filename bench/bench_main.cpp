@@ -30,7 +30,8 @@ void usage() {
       "       N in 512..16k, D in 64/128/256, vs torch SDPA flash and cudnn; --bwd backward; --decode Nq=1;\n"
       "       --softmax only the row-softmax sweep (GB/s vs a device copy and torch.softmax).\n"
       "       --varlen  prefill of a packed ragged batch (cu_seqlens, 16 sequences, 16k tokens) vs the\n"
-      "                 dense batch of the same tokens (TFLOPS count each sequence's own work).\n"
+      "                 dense batch of the same tokens (TFLOPS count each sequence's own work); with --bwd\n"
+      "                 the backward of both.\n"
       "--ring: ring attention over 1, 2, 4, 8 GPUs (NCCL, one rank per GPU) vs one GPU on the whole\n"
       "        sequence: fwd/bwd time, TFLOPS, scaling efficiency (--n total tokens, default 16k x GPUs).\n"
       "FLOPs: fwd 4*B*H*Nq*Nk*D (/2 causal), bwd 2.5x fwd. Times: median, after warm-up.\n");
