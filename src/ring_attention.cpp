@@ -2,10 +2,12 @@
 // (docs/08-ring-attention.md). Each step computes this rank's queries against
 // the K/V block in hand with the ordinary flashattn kernels (which return LSE),
 // merges the partial result with equation (4), and passes the block on.
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/dtype.h"
 #include "common/ring_ops.h"
@@ -16,6 +18,39 @@
 #endif
 
 namespace flashattn {
+
+// The rank's scratch (ring.h): slot i is one buffer, on `device` / `device_index`.
+struct RingTransport::Workspace {
+  struct Slot {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+  Device device = Device::kCPU;
+  int device_index = -1;
+  std::vector<Slot> slots;
+
+  ~Workspace() { release(); }
+  void free_buffer(void* ptr) const {
+#if FLASHATTN_WITH_CUDA
+    // cudaFree waits for the device, so no queued work still reads the buffer.
+    if (device == Device::kCUDA) return cuda::ring_free_on(device_index, ptr);
+#endif
+    ::operator delete(ptr);
+  }
+  void release() {
+    for (Slot& s : slots)
+      if (s.ptr) free_buffer(s.ptr);
+    slots.clear();
+  }
+};
+
+RingTransport::RingTransport() = default;
+RingTransport::~RingTransport() = default;
+RingTransport::Workspace& RingTransport::workspace() {
+  if (!workspace_) workspace_ = std::make_unique<Workspace>();
+  return *workspace_;
+}
+
 namespace {
 
 #define RING_RETURN_IF_ERROR(expr) \
@@ -29,6 +64,12 @@ class Ops {
  public:
   Ops(Device device, void* stream) : device_(device), stream_(stream) {}
   Device device() const { return device_; }
+  int device_index() const {
+#if FLASHATTN_WITH_CUDA
+    if (device_ == Device::kCUDA) return cuda::ring_current_device();
+#endif
+    return -1;
+  }
 
   Status alloc(void** ptr, size_t bytes) {
 #if FLASHATTN_WITH_CUDA
@@ -109,25 +150,34 @@ class Ops {
   void* stream_;
 };
 
-// A scratch buffer freed on scope exit.
-class Scratch {
- public:
-  Scratch(Ops& ops, size_t bytes) : ops_(ops) { status_ = ops.alloc(&ptr_, bytes > 0 ? bytes : 1); }
-  ~Scratch() {
-    if (ptr_) ops_.free(ptr_);
+// Scratch buffers of one call, taken from the rank's workspace (ring.h): buffer i is
+// slot i, at least bytes[i] long. Slots grow on demand and stay allocated between
+// calls; a call on another device (or the CPU) releases them first.
+Status take_scratch(RingTransport::Workspace& ws, Ops& ops, std::initializer_list<size_t> bytes,
+                    std::vector<char*>* out) {
+  const int index = ops.device_index();
+  if (ws.device != ops.device() || ws.device_index != index) {
+    ws.release();
+    ws.device = ops.device();
+    ws.device_index = index;
   }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  const Status& status() const { return status_; }
-  template <typename T = void>
-  T* get() const { return static_cast<T*>(ptr_); }
-  char* bytes() const { return static_cast<char*>(ptr_); }
-
- private:
-  Ops& ops_;
-  void* ptr_ = nullptr;
-  Status status_;
-};
+  if (ws.slots.size() < bytes.size()) ws.slots.resize(bytes.size());
+  out->clear();
+  size_t i = 0;
+  for (size_t want : bytes) {
+    RingTransport::Workspace::Slot& slot = ws.slots[i++];
+    want = std::max<size_t>(want, 1);
+    if (slot.bytes < want) {
+      if (slot.ptr) ws.free_buffer(slot.ptr);
+      slot = {};
+      void* ptr = nullptr;
+      RING_RETURN_IF_ERROR(ops.alloc(&ptr, want));
+      slot = {ptr, want};
+    }
+    out->push_back(static_cast<char*>(slot.ptr));
+  }
+  return Status::Ok();
+}
 
 // Who holds which part of the global sequence (zig-zag: chunks r and 2W-1-r).
 struct Sharding {
@@ -196,7 +246,7 @@ void point_at_pair(FwdParams& sub, const Sharding& sh, Pair kind, int qk, int kk
 
 }  // namespace
 
-Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigzag) {
+static Status ring_forward_steps(const FwdParams& local, RingTransport& transport, bool zigzag) {
   Sharding sh;
   RING_RETURN_IF_ERROR(check_ring(local, transport, zigzag, &sh));
   Ops ops(local.device, local.stream);
@@ -205,15 +255,23 @@ Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigza
   const int64_t c = sh.chunk_len, es = dtype_size(dt);
   const size_t kv_elems = static_cast<size_t>(B * L * Hkv * D);
 
-  Scratch acc_o(ops, B * L * Hq * D * 4), acc_lse(ops, B * Hq * L * 4), kv0(ops, 2 * kv_elems * es),
-      kv1(ops, 2 * kv_elems * es), part_o(ops, B * c * Hq * D * es), part_lse(ops, B * Hq * c * 4);
-  for (const Scratch* s : {&acc_o, &acc_lse, &kv0, &kv1, &part_o, &part_lse}) RING_RETURN_IF_ERROR(s->status());
-  RING_RETURN_IF_ERROR(ops.fill(acc_o.get<float>(), 0.0f, B * L * Hq * D));
-  RING_RETURN_IF_ERROR(ops.fill(acc_lse.get<float>(), -INFINITY, B * Hq * L));
+  const size_t q_elems = static_cast<size_t>(B * L * Hq * D), kv_bytes = 2 * kv_elems * es;
+  const size_t part_elems = static_cast<size_t>(B * c * Hq * D), lse_rows = static_cast<size_t>(B * Hq * L);
+  std::vector<char*> buf;  // acc_o, acc_lse, kv0, kv1 (only when the block moves), part_o, part_lse
+  RING_RETURN_IF_ERROR(take_scratch(transport.workspace(), ops,
+                                    {q_elems * 4, lse_rows * 4, kv_bytes, sh.world > 1 ? kv_bytes : 1,
+                                     part_elems * es, static_cast<size_t>(B * Hq * c) * 4},
+                                    &buf));
+  float* acc_o = reinterpret_cast<float*>(buf[0]);
+  float* acc_lse = reinterpret_cast<float*>(buf[1]);
+  void* part_o = buf[4];
+  float* part_lse = reinterpret_cast<float*>(buf[5]);
+  RING_RETURN_IF_ERROR(ops.fill(acc_o, 0.0f, q_elems));
+  RING_RETURN_IF_ERROR(ops.fill(acc_lse, -INFINITY, lse_rows));
   // The block in flight: K then V of one shard, contiguous.
-  RING_RETURN_IF_ERROR(ops.copy(kv0.get(), local.k, kv_elems * es));
-  RING_RETURN_IF_ERROR(ops.copy(kv0.bytes() + kv_elems * es, local.v, kv_elems * es));
-  char* kv[2] = {kv0.bytes(), kv1.bytes()};
+  RING_RETURN_IF_ERROR(ops.copy(buf[2], local.k, kv_elems * es));
+  RING_RETURN_IF_ERROR(ops.copy(buf[2] + kv_elems * es, local.v, kv_elems * es));
+  char* kv[2] = {buf[2], buf[3]};
 
   int cur = 0;
   for (int step = 0; step < sh.world; ++step) {
@@ -227,24 +285,23 @@ Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigza
         if (kind == Pair::kSkip) continue;
         FwdParams sub = local;
         point_at_pair(sub, sh, kind, qk, kk, kv[cur], kv_elems);
-        sub.o = part_o.get();
+        sub.o = part_o;
         sub.o_batch_stride = c * Hq * D;
-        sub.lse = part_lse.get<float>();
+        sub.lse = part_lse;
         RING_RETURN_IF_ERROR(forward(sub));
-        RING_RETURN_IF_ERROR(ops.merge(acc_o.get<float>(), acc_lse.get<float>(), part_o.get(), part_lse.get<float>(),
-                                       dt, ring::ChunkShape{B, L, c, qk * c, Hq, D}));
+        RING_RETURN_IF_ERROR(ops.merge(acc_o, acc_lse, part_o, part_lse, dt, ring::ChunkShape{B, L, c, qk * c, Hq, D}));
       }
     if (pass_on) {
       RING_RETURN_IF_ERROR(transport.wait(local.stream));
       cur = 1 - cur;
     }
   }
-  RING_RETURN_IF_ERROR(ops.convert(local.o, acc_o.get<float>(), dt, B * L * Hq * D));
-  RING_RETURN_IF_ERROR(ops.copy(local.lse, acc_lse.get(), B * Hq * L * 4));
+  RING_RETURN_IF_ERROR(ops.convert(local.o, acc_o, dt, q_elems));
+  RING_RETURN_IF_ERROR(ops.copy(local.lse, acc_lse, lse_rows * 4));
   return ops.sync();
 }
 
-Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigzag) {
+static Status ring_backward_steps(const BwdParams& local, RingTransport& transport, bool zigzag) {
   Sharding sh;
   RING_RETURN_IF_ERROR(check_ring(local, transport, zigzag, &sh));
   RING_RETURN_IF_ERROR(validate(local));
@@ -265,17 +322,24 @@ Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigz
   const size_t kv_elems = static_cast<size_t>(B * L * Hkv * D);
 
   // K/V travel as before; their fp32 gradient accumulators (dK then dV) travel with them.
-  Scratch dq_acc(ops, B * L * Hq * D * 4), kv0(ops, 2 * kv_elems * es), kv1(ops, 2 * kv_elems * es),
-      dkv0(ops, 2 * kv_elems * 4), dkv1(ops, 2 * kv_elems * 4), part_dq(ops, B * c * Hq * D * es),
-      part_dk(ops, B * c * Hkv * D * es), part_dv(ops, B * c * Hkv * D * es), part_lse(ops, B * Hq * c * 4);
-  for (const Scratch* s : {&dq_acc, &kv0, &kv1, &dkv0, &dkv1, &part_dq, &part_dk, &part_dv, &part_lse})
-    RING_RETURN_IF_ERROR(s->status());
-  RING_RETURN_IF_ERROR(ops.fill(dq_acc.get<float>(), 0.0f, B * L * Hq * D));
-  RING_RETURN_IF_ERROR(ops.fill(dkv0.get<float>(), 0.0f, 2 * kv_elems));
-  RING_RETURN_IF_ERROR(ops.copy(kv0.get(), local.k, kv_elems * es));
-  RING_RETURN_IF_ERROR(ops.copy(kv0.bytes() + kv_elems * es, local.v, kv_elems * es));
-  char* kv[2] = {kv0.bytes(), kv1.bytes()};
-  float* dkv[2] = {dkv0.get<float>(), dkv1.get<float>()};
+  // Slots in the forward's order where the roles match (one workspace serves both).
+  const size_t q_elems = static_cast<size_t>(B * L * Hq * D), kv_bytes = 2 * kv_elems * es;
+  const size_t part_kv_bytes = static_cast<size_t>(B * c * Hkv * D * es);
+  std::vector<char*> buf;  // dq_acc, part_lse, kv0, kv1, part_dq, part_dk, dkv0, dkv1, part_dv
+  RING_RETURN_IF_ERROR(take_scratch(transport.workspace(), ops,
+                                    {q_elems * 4, static_cast<size_t>(B * Hq * c) * 4, kv_bytes,
+                                     sh.world > 1 ? kv_bytes : 1, static_cast<size_t>(B * c * Hq * D * es),
+                                     part_kv_bytes, 2 * kv_elems * 4, 2 * kv_elems * 4, part_kv_bytes},
+                                    &buf));
+  float* dq_acc = reinterpret_cast<float*>(buf[0]);
+  float* part_lse = reinterpret_cast<float*>(buf[1]);
+  void *part_dq = buf[4], *part_dk = buf[5], *part_dv = buf[8];
+  RING_RETURN_IF_ERROR(ops.fill(dq_acc, 0.0f, q_elems));
+  RING_RETURN_IF_ERROR(ops.fill(reinterpret_cast<float*>(buf[6]), 0.0f, 2 * kv_elems));
+  RING_RETURN_IF_ERROR(ops.copy(buf[2], local.k, kv_elems * es));
+  RING_RETURN_IF_ERROR(ops.copy(buf[2] + kv_elems * es, local.v, kv_elems * es));
+  char* kv[2] = {buf[2], buf[3]};
+  float* dkv[2] = {reinterpret_cast<float*>(buf[6]), reinterpret_cast<float*>(buf[7])};
 
   int cur = 0;
   for (int step = 0; step < sh.world; ++step) {
@@ -292,18 +356,18 @@ Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigz
         sub.o = const_cast<char*>(offset(local.o, q_off, dt));  // the merged (final) O: D = rowsum(dO o O) is global
         sub.dout = offset(local.dout, q_off, dt);
         // The final LSE rows of this query chunk, made contiguous [B, Hq, c].
-        RING_RETURN_IF_ERROR(ops.copy_2d(part_lse.get(), c * 4, local.lse + qk * c, L * 4, c * 4, B * Hq));
-        sub.lse = part_lse.get<float>();
-        sub.dq = part_dq.get();
+        RING_RETURN_IF_ERROR(ops.copy_2d(part_lse, c * 4, local.lse + qk * c, L * 4, c * 4, B * Hq));
+        sub.lse = part_lse;
+        sub.dq = part_dq;
         sub.dq_batch_stride = c * Hq * D;
-        sub.dk = part_dk.get();
-        sub.dv = part_dv.get();
+        sub.dk = part_dk;
+        sub.dv = part_dv;
         sub.dk_batch_stride = sub.dv_batch_stride = c * Hkv * D;
         RING_RETURN_IF_ERROR(backward(sub));
-        RING_RETURN_IF_ERROR(ops.accumulate(dq_acc.get<float>(), part_dq.get(), dt, ring::ChunkShape{B, L, c, qk * c, Hq, D}));
+        RING_RETURN_IF_ERROR(ops.accumulate(dq_acc, part_dq, dt, ring::ChunkShape{B, L, c, qk * c, Hq, D}));
         const ring::ChunkShape kv_shape{B, L, c, kk * c, Hkv, D};
-        RING_RETURN_IF_ERROR(ops.accumulate(dkv[cur], part_dk.get(), dt, kv_shape));
-        RING_RETURN_IF_ERROR(ops.accumulate(dkv[cur] + kv_elems, part_dv.get(), dt, kv_shape));
+        RING_RETURN_IF_ERROR(ops.accumulate(dkv[cur], part_dk, dt, kv_shape));
+        RING_RETURN_IF_ERROR(ops.accumulate(dkv[cur] + kv_elems, part_dv, dt, kv_shape));
       }
     if (pass_on) RING_RETURN_IF_ERROR(transport.wait(local.stream));
     // The gradients of the block follow it (after the last step this hop brings them home).
@@ -311,10 +375,24 @@ Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigz
     RING_RETURN_IF_ERROR(transport.wait(local.stream));
     cur = 1 - cur;
   }
-  RING_RETURN_IF_ERROR(ops.convert(local.dq, dq_acc.get<float>(), dt, B * L * Hq * D));
+  RING_RETURN_IF_ERROR(ops.convert(local.dq, dq_acc, dt, q_elems));
   RING_RETURN_IF_ERROR(ops.convert(local.dk, dkv[cur], dt, kv_elems));
   RING_RETURN_IF_ERROR(ops.convert(local.dv, dkv[cur] + kv_elems, dt, kv_elems));
   return ops.sync();
+}
+
+// A failed call may leave work queued that uses the workspace: wait for it, so the
+// next call can reuse the buffers.
+Status ring_forward(const FwdParams& local, RingTransport& transport, bool zigzag) {
+  const Status st = ring_forward_steps(local, transport, zigzag);
+  if (!st.ok()) (void)Ops(local.device, local.stream).sync();
+  return st;
+}
+
+Status ring_backward(const BwdParams& local, RingTransport& transport, bool zigzag) {
+  const Status st = ring_backward_steps(local, transport, zigzag);
+  if (!st.ok()) (void)Ops(local.device, local.stream).sync();
+  return st;
 }
 
 // ---------------------------------------------------------------------------

@@ -24,7 +24,10 @@ namespace flashattn {
 // simulation, also fine for CUDA buffers of one GPU) and NCCL (one rank per GPU).
 class RingTransport {
  public:
-  virtual ~RingTransport() = default;
+  RingTransport();
+  virtual ~RingTransport();
+  RingTransport(const RingTransport&) = delete;
+  RingTransport& operator=(const RingTransport&) = delete;
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
   // Starts the exchange; `send` must stay untouched until wait() returns.
@@ -33,6 +36,16 @@ class RingTransport {
   virtual Status start(const void* send, void* recv, size_t bytes, Device device, void* stream) = 0;
   // Completes the last start(): afterwards work queued on `stream` may read `recv`.
   virtual Status wait(void* stream) = 0;
+
+  // Scratch of ring_forward / ring_backward on this rank (accumulators, the two K/V
+  // buffers, partial results), grown on demand and kept until the transport is
+  // destroyed: allocating and freeing it per call cost more than the attention itself
+  // on an H100 (docs/08-ring-attention.md). Defined in src/ring_attention.cpp.
+  struct Workspace;
+  Workspace& workspace();
+
+ private:
+  std::unique_ptr<Workspace> workspace_;
 };
 
 // W transports for W threads of one process (rank i uses element i).

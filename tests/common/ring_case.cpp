@@ -147,8 +147,12 @@ void check_ring_case(const RingCase& rc, Device device, int nccl_devices) {
 #if FLASHATTN_WITH_CUDA
       if (nccl_devices > 0) cudaSetDevice(r % nccl_devices);
 #endif
-      ranks[r].fwd = ring_forward(ranks[r].p, *transports[r], rc.zigzag);
-      if (ranks[r].fwd.ok()) ranks[r].bwd = ring_backward(ranks[r].p, *transports[r], rc.zigzag);
+      // Twice: the second call reuses the rank's workspace (ring.h), whose accumulators
+      // must start from zero again; its results are the ones checked.
+      for (int call = 0; call < 2; ++call) {
+        ranks[r].fwd = ring_forward(ranks[r].p, *transports[r], rc.zigzag);
+        if (ranks[r].fwd.ok()) ranks[r].bwd = ring_backward(ranks[r].p, *transports[r], rc.zigzag);
+      }
     });
   for (auto& t : threads) t.join();
 

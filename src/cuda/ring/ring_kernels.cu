@@ -62,6 +62,14 @@ void with_type(DType dtype, F&& f) {
 
 Status ring_alloc(void** ptr, size_t bytes) { return cuda_status(cudaMalloc(ptr, bytes), "cudaMalloc (ring buffer)"); }
 void ring_free(void* ptr) { cudaFree(ptr); }
+int ring_current_device() {
+  int device = -1;
+  return cudaGetDevice(&device) == cudaSuccess ? device : -1;
+}
+void ring_free_on(int device, void* ptr) {
+  DeviceGuard guard(device);
+  cudaFree(ptr);
+}
 Status ring_copy(void* dst, const void* src, size_t bytes, void* stream) {
   return cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)), "cudaMemcpyAsync (ring)");
 }

@@ -12,6 +12,9 @@ namespace cuda {
 
 Status ring_alloc(void** ptr, size_t bytes);
 void ring_free(void* ptr);
+int ring_current_device();
+// Frees a buffer of `device` (made current for the call, then restored).
+void ring_free_on(int device, void* ptr);
 Status ring_copy(void* dst, const void* src, size_t bytes, void* stream);
 // Strided 2D copy: height rows of width bytes.
 Status ring_copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t height,
