@@ -57,6 +57,13 @@ if stage tests; then
   rc=$?
   note "GPU tests rc=$rc ($(elapsed $t0)): $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests.log" | tr '\n' ' ') $(grep -oE '^\[  SKIPPED \] [0-9]+ test' "$OUT/gpu_tests.log")"
   grep -E '^\[  FAILED  \]' "$OUT/gpu_tests.log" | head -30
+  # The Hopper forward's experiment variants (hopper_fwd.cu) keep their correctness:
+  # its tests and the varlen prefill cases again under each.
+  for v in wg3 reverse_kv no_l2_groups no_pingpong; do
+    FLASHATTN_HOPPER_VARIANT=$v timeout 90 "$BUILD/tests/flashattn_gpu_tests" --gtest_brief=1 \
+      --gtest_filter='HopperGpu.*:*VarlenPrefill*' >"$OUT/gpu_tests_variant_$v.log" 2>&1
+    note "GPU tests, FLASHATTN_HOPPER_VARIANT=$v rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_variant_$v.log" | tr '\n' ' ')"
+  done
   t0=$(date +%s)
   timeout 300 "$BUILD/tests/flashattn_tests" --gtest_brief=1 >"$OUT/cpu_tests.log" 2>&1
   note "CPU tests (no Highway here) rc=$? ($(elapsed $t0)): $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/cpu_tests.log" | tr '\n' ' ')"
