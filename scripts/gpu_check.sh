@@ -64,6 +64,11 @@ if stage tests; then
       --gtest_filter='HopperGpu.*:*VarlenPrefill*' >"$OUT/gpu_tests_variant_$v.log" 2>&1
     note "GPU tests, FLASHATTN_HOPPER_VARIANT=$v rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_variant_$v.log" | tr '\n' ' ')"
   done
+  # The Hopper backward's gated experiments (deterministic mode, bulk dQ variants):
+  # their tests skip unless FLASHATTN_HOPPER_BWD_EXPERIMENTS=1; own process, own timeout.
+  FLASHATTN_HOPPER_BWD_EXPERIMENTS=1 timeout 150 "$BUILD/tests/flashattn_gpu_tests" --gtest_brief=1 \
+    --gtest_filter='HopperBwd.*' >"$OUT/gpu_tests_hopper_bwd_experiments.log" 2>&1
+  note "GPU tests, Hopper backward experiments on rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_hopper_bwd_experiments.log" | tr '\n' ' ')"
   t0=$(date +%s)
   timeout 300 "$BUILD/tests/flashattn_tests" --gtest_brief=1 >"$OUT/cpu_tests.log" 2>&1
   note "CPU tests (no Highway here) rc=$? ($(elapsed $t0)): $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/cpu_tests.log" | tr '\n' ' ')"

@@ -94,6 +94,17 @@ struct Traits {
   static constexpr int kDqKSteps = kDqSplitCols ? bwd::kBlockN / 16 : 64 / 16;
   // Writer warps of the bulk dQ: one per consumer warpgroup.
   static constexpr int kWriters = 2;
+  // Registers after setmaxnreg. The pool is what the launch got: 168 per thread
+  // (__launch_bounds__(384, 1)) x 384 = 64512, not 65536, and setmaxnreg.inc waits
+  // until the pool has the registers, so a split that needs more never starts:
+  // WG0 at 32 (once given to the bulk-dQ writers) with 240 per consumer asked for
+  // 65536, and every kBulkDq launch (bulk, deterministic) hung in the consumers'
+  // setmaxnreg. The writers fit in 24 (0 spills; only bulk + dqfirst at d128
+  // spills 64 B in its consumers).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * (65536 / 384 / 8 * 8),
+                "the register split must fit the pool of a 384-thread launch (168 registers each)");
   static constexpr int kDqTileBytes = 64 * kDqCols * 4;  // one warpgroup's dQ tile (fp32)
   static constexpr int kBlockM = bwd::kBlockM;  // query rows per Q block (64)
   static constexpr int kBlockN = bwd::kBlockN;  // keys per CTA (128), 64 per consumer warpgroup
@@ -405,7 +416,7 @@ __device__ __forceinline__ void dq_writer(SharedStorage<Tr>& s, const MainParams
       fence_proxy_async_global();  // the adds below come after the ones observed
     }
     // (Addresses from an opaque base per iteration: hoisted, they would not
-    // fit the writer's 32 registers.)
+    // fit the writer's 24 registers.)
     const uint32_t sb = opaque(sb0);
     mbar_wait_addr(sb + static_cast<uint32_t>(offsetof(SharedStorage<Tr>, dq_full)) + 8 * k, it & 1);
     bulk_reduce_add_f32(p.dq_accum + bhm * (BM * D) + (Tr::kDqSplitCols ? k * (Tr::kDqTileBytes / 4) : 0),
@@ -780,7 +791,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // values live across setmaxnreg were spilled.)
   const int warp_idx = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);  // warp-uniform
   if (warp_idx < 4) {
-    setmaxnreg_dec<Tr::kBulkDq ? 32 : 24>();
+    setmaxnreg_dec<Tr::kProducerRegs>();
     if (warp_idx == 0) {
       producer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b, &tm_q, &tm_k, &tm_v, &tm_do, threadIdx.x);
     } else if constexpr (Tr::kBulkDq) {
@@ -788,8 +799,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         dq_writer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b, warp_idx - 1);
     }
   } else {
-    // 128 x 24 (kBulkDq: 32) + 256 x 240 <= 65536 registers.
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<Tr::kConsumerRegs>();  // see Traits: the split fits the launch's pool
     consumer<Tr>(s, p, q_blocks<Tr>(p, n_block), n_block, hk, b);
   }
 }

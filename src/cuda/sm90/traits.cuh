@@ -22,6 +22,11 @@ struct Traits {
   // The producer keeps 24 registers; the consumers split the rest of the 64K
   // (multiple of 8): 240 with two consumer warpgroups, 160 with three.
   static constexpr int kConsumerRegs = (65536 - 128 * 24) / (128 * kConsumerWGs) / 8 * 8;
+  // setmaxnreg.inc waits until the CTA's pool has the registers, and the pool is
+  // what the launch got (__launch_bounds__(kThreads, 1): 65536 / kThreads rounded
+  // down to 8, per thread), so the split must fit that, not 65536.
+  static_assert(128 * 24 + 128 * kConsumerWGs * kConsumerRegs <= kThreads * (65536 / kThreads / 8 * 8),
+                "the register split must fit the launch's register pool");
   static constexpr int kBlockM = 64 * kConsumerWGs;
   // Keys per block. 256 needs a narrower block to fit two K/V stages + Q in
   // 227 KB of smem and S (40 regs) + O (128 regs) in 240 registers.
