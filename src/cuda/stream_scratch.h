@@ -1,6 +1,6 @@
 // Device scratch whose counters a kernel finds zeroed and leaves zeroed: the
-// split-KV decode's per-group arrival counters and the single-pass split-row
-// softmax's per-row counters use it, so neither needs a memset launch per call.
+// split-KV decode's per-group arrival counters, the single-pass split-row
+// softmax's per-row counters and the Hopper forward's tile counter use it, so neither needs a memset launch per call.
 //
 // stream_scratch(tag, stream, zeroed_bytes, extra_bytes) returns
 //   base                 zeroed_bytes that are zero when the next work queued on
@@ -28,7 +28,7 @@
 namespace flashattn {
 namespace cuda {
 
-enum class ScratchTag { kDecodeCounters = 0, kSoftmaxSinglePass = 1 };
+enum class ScratchTag { kDecodeCounters = 0, kSoftmaxSinglePass = 1, kHopperTileCounter = 2 };
 
 struct StreamScratch {
   char* base = nullptr;   // zeroed_bytes zeroed bytes

@@ -177,6 +177,53 @@ TEST(HopperGpu, CausalL2Groups) {
   run_case(g, 12);
 }
 
+// The dynamic tile schedule (producer.cuh) claims tiles from a counter in the
+// per-stream scratch that every launch must leave at zero: one left behind would
+// make the next launch on that stream skip tiles. Back-to-back launches of two
+// shapes with more tiles than SMs (causal + GQA, and Nq != Nk), alternating
+// between the default stream and a created one, outputs poisoned before each:
+// the first result of each shape matches the oracle and every later one is
+// bit-identical to it (a tile is computed the same way whichever CTA claims it).
+TEST(HopperGpu, DynamicScheduleRepeats) {
+  HOPPER_SKIP_UNLESS_SM90();
+  Shape a = make(2, 520, 520, 14, 2, 64);  // 5 m-blocks x 28 heads = 140 tiles
+  a.causal = true;
+  Shape c = make(1, 1030, 300, 20, 5, 128);  // 9 x 20 = 180 tiles
+  Problem problems[2] = {Problem(a, 21), Problem(c, 22)};
+  GpuProblem gpu[2] = {GpuProblem(problems[0]), GpuProblem(problems[1])};
+  ASSERT_TRUE(gpu[0].ok() && gpu[1].ok());
+  cudaStream_t side = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&side), cudaSuccess);
+  std::vector<uint8_t> first_o[2];
+  std::vector<float> first_lse[2];
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_EQ(gpu[i].o.poison(), cudaSuccess);
+      ASSERT_EQ(gpu[i].lse.poison(), cudaSuccess);
+      FwdParams p = gpu[i].fwd_params();
+      p.kernel = Kernel::kHopper;
+      p.stream = round % 2 == 1 ? side : nullptr;
+      const Status st = forward(p);
+      if (is_build_refusal(st)) {
+        cudaStreamDestroy(side);
+        GTEST_SKIP() << st.message;
+      }
+      ASSERT_TRUE(st.ok()) << st.message;
+      ASSERT_EQ(gpu[i].copy_outputs_to_host(problems[i]), cudaSuccess);
+      if (round == 0) {
+        expect_forward_matches_oracle(problems[i], problems[i].shape.name());
+        first_o[i] = problems[i].o.bytes;
+        first_lse[i] = problems[i].lse;
+      } else {
+        EXPECT_TRUE(problems[i].o.bytes == first_o[i]) << problems[i].shape.name() << " round " << round << " O";
+        EXPECT_EQ(std::memcmp(problems[i].lse.data(), first_lse[i].data(), first_lse[i].size() * sizeof(float)), 0)
+            << problems[i].shape.name() << " round " << round << " LSE";
+      }
+    }
+  }
+  EXPECT_EQ(cudaStreamDestroy(side), cudaSuccess);
+}
+
 // q, k, v as views of one packed [batch, seqlen, 3, heads, dim] tensor, and an
 // output with padded rows: the TMA maps must use the real strides.
 TEST(HopperGpu, StridedPackedQkv) {

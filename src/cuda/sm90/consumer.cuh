@@ -186,14 +186,19 @@ struct Consumer {
     int stage = 0;
     uint32_t phase = 0;
     uint32_t tile_iter = 0;
-    TileWalk walk(blockIdx.x);
-    for (int m_block, head, b; walk.next(p, BM, m_block, head, b); ++tile_iter) {
+    for (;; ++tile_iter) {
+      // The producer schedules the tiles and hands each over (producer.cuh).
+      named_bar_sync_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
+      const int4 tile = *reinterpret_cast<const int4*>(s.tile);
+      if (tile.w == 0) break;  // no tile left
+      named_bar_arrive_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
+      mbar_wait(&s.q_full, tile_iter & 1);
+      const int m_block = tile.x, head = tile.y, b = tile.z;
       const TileSeq seq = tile_seq(p, b);
       const BlockMask<BM, BN> bm{seq.mask(p)};
       int n_begin, n_end;
       bm.range(m_block, &n_begin, &n_end);
       const int64_t row0 = static_cast<int64_t>(m_block) * BM + wg * 64 + warp_in_wg * 16 + lane / 4;
-      mbar_wait(&s.q_full, tile_iter & 1);
 
       float o[D / 2];
 #pragma unroll

@@ -17,6 +17,7 @@
 #include "cuda/sm90/kernel_params.cuh"
 #include "cuda/sm90/tma_map.h"
 #include "cuda/sm90/traits.cuh"
+#include "cuda/stream_scratch.h"
 
 namespace flashattn { namespace cuda {
 namespace sm90 {
@@ -28,7 +29,8 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups, reverse_kv. Unset in normal use.
+  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups, reverse_kv, static_sched.
+  // Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
   auto has = [&](const char* name) { return variant.find("," + std::string(name) + ",") != std::string::npos; };
@@ -102,7 +104,18 @@ Status run(const FwdParams& p) {
   a.stream = as_stream(p.stream);
   st = fill_varlen_lse_padding(p, a.stream);  // LSE rows past each sequence's end: -inf
   if (!st.ok()) return st;
-  return p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
+  // Dynamic schedule (producer.cuh): the tile counter, zero at the launch and left
+  // zero by it. A grid of one CTA per tile has nothing to claim.
+  StreamScratch counter;
+  if (a.grid < tiles && !has("static_sched")) {
+    st = stream_scratch(ScratchTag::kHopperTileCounter, a.stream, 2 * sizeof(int), 0, &counter);
+    if (!st.ok()) return st;
+    k.tile_counter = reinterpret_cast<int*>(counter.base);
+  }
+  st = p.dtype == DType::kBFloat16 ? launch_hopper_fwd<D, true>(a) : launch_hopper_fwd<D, false>(a);
+  const cudaError_t release_err = release_stream_scratch(counter, a.stream);
+  if (st.ok()) st = cuda_status(release_err, "releasing the tile counter");
+  return st;
 }
 
 }  // namespace

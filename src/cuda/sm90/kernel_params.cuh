@@ -33,6 +33,10 @@ struct KernelParams {
   const int* seqused_k = nullptr;
   bool pingpong = false;  // warpgroup ping-pong (overlap kernels only), see consumer.cuh
   bool reverse_kv = false;  // visit a tile's KV blocks last to first (experiment, see kv_block)
+  // Dynamic schedule: {next tile to claim - gridDim.x, CTAs done}, zero at the
+  // launch and zero again after it (the last CTA resets them; stream_scratch.h).
+  // nullptr: the static round robin (`static_sched` experiment).
+  int* tile_counter = nullptr;
 };
 
 // The i-th KV block a tile visits out of [n_begin, n_end): in order, or last first
@@ -78,8 +82,10 @@ __device__ __forceinline__ TileSeq tile_seq(const KernelParams& p, int b) {
   return s;
 }
 
-// The tiles of one CTA, in order: t = blockIdx.x, t + gridDim.x, ... The producer
-// and the consumers each walk their own copy and meet the same tiles.
+// Tile index -> coordinates. A CTA meets its tiles in increasing index order
+// (its first is blockIdx.x, each later one is claimed from the counter or is
+// t + gridDim.x), which the varlen cursor relies on. Only the producer walks;
+// it hands each tile's coordinates to the consumers (producer.cuh).
 //   Dense: t is decoded by the TileScheduler (its tile grid has no empty tiles).
 //   Varlen: t numbers only the live tiles (those that start before their
 //   sequence's end), sequence by sequence, in each m_block descending with the
@@ -87,34 +93,30 @@ __device__ __forceinline__ TileSeq tile_seq(const KernelParams& p, int b) {
 //   tiles, and a round robin over it deals the live ones unevenly: with 22 query
 //   blocks and 132 CTAs every CTA always got the same m_block, and the CTAs of the
 //   late blocks (live only in long sequences) idled -- half the throughput on
-//   the ragged bench batch. Over the live tiles each CTA gets a near-equal share
-//   of every sequence. The cursor moves forward only (t grows), so the walk reads
-//   each cu_seqlens_q entry once per CTA.
+//   the ragged bench batch. The cursor moves forward only (t grows), so the walk
+//   reads each cu_seqlens_q entry once per CTA.
 struct TileWalk {
-  int t;
   int seq = -1;  // varlen cursor: the live tiles of sequences <= seq end before `end`
-  int end = 0;    // (in each sequence m_block-major, descending, with the heads fastest)
+  int end = 0;   // (in each sequence m_block-major, descending, with the heads fastest)
 
-  __device__ __forceinline__ explicit TileWalk(int first) : t(first) {}
-
-  // The next tile's coordinates; false when this CTA has none left.
-  __device__ __forceinline__ bool next(const KernelParams& p, int block_m, int& m_block, int& head, int& b) {
+  // The coordinates of tile t (never smaller than the last call's); false when
+  // there is no such tile.
+  __device__ __forceinline__ bool at(const KernelParams& p, int block_m, int t, int& m_block, int& head, int& b) {
     if (p.cu_seqlens_q == nullptr) {
       if (t >= p.sched.total()) return false;
       p.sched.decode(t, m_block, head, b);
-    } else {
-      while (t >= end) {
-        if (++seq >= p.sched.batch) return false;
-        const int len_q = p.cu_seqlens_q[seq + 1] - p.cu_seqlens_q[seq];
-        end += (len_q + block_m - 1) / block_m * p.sched.heads;
-      }
-      // Counted from the sequence's end: its last m_block first.
-      const int from_end = end - 1 - t;
-      m_block = from_end / p.sched.heads;
-      head = p.sched.heads - 1 - from_end % p.sched.heads;
-      b = seq;
+      return true;
     }
-    t += static_cast<int>(gridDim.x);
+    while (t >= end) {
+      if (++seq >= p.sched.batch) return false;
+      const int len_q = p.cu_seqlens_q[seq + 1] - p.cu_seqlens_q[seq];
+      end += (len_q + block_m - 1) / block_m * p.sched.heads;
+    }
+    // Counted from the sequence's end: its last m_block first.
+    const int from_end = end - 1 - t;
+    m_block = from_end / p.sched.heads;
+    head = p.sched.heads - 1 - from_end % p.sched.heads;
+    b = seq;
     return true;
   }
 };

@@ -1,5 +1,6 @@
-// The load pipeline (producer warp): one thread issues every TMA copy.
-// Q once per tile (after the consumers released the previous Q), then K and V of
+// The load pipeline (producer warp): one thread schedules the tiles (hands each
+// tile's coordinates to the consumers) and issues every TMA copy: Q once per tile
+// (after the consumers released the previous Q), then K and V of
 // each visited KV block into rings of kStages buffers guarded by full/empty
 // mbarriers (K and V released separately, see traits.cuh). The copies' byte
 // counts complete the full barriers (expect_tx).
@@ -49,10 +50,32 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
                   seq.k_row0 + n * Tr::kBlockN, head_kv, seq.k_batch);
     vpos.advance<Tr::kStages>();
   };
-  TileWalk walk(blockIdx.x);
-  for (int m_block, head, b; walk.next(p, Tr::kBlockM, m_block, head, b); ++tile_iter) {
-    const TileSeq seq = tile_seq(p, b);
+  // Tile order (tile_scheduler.cuh): the first tile is blockIdx.x; the next one is
+  // claimed once the current one's loads are issued. The producer runs kStages KV
+  // blocks ahead of the consumers, so the atomic's round trip is hidden behind
+  // their last blocks, and a CTA that runs late simply claims fewer tiles.
+  auto claim = [&](int t) {
+    return p.tile_counter != nullptr ? static_cast<int>(gridDim.x) + atomicAdd(p.tile_counter, 1)
+                                     : t + static_cast<int>(gridDim.x);
+  };
+  TileWalk walk;
+  for (int t = blockIdx.x;; ++tile_iter) {
+    int m_block = 0, head = 0, b = 0;
+    const bool live = walk.at(p, Tr::kBlockM, t, m_block, head, b);
+    // Hand the tile over ({0, 0, 0, 0}: none left, the consumers stop) with two
+    // named barriers: sync on FREE (the consumers arrive on it right after reading
+    // the last tile), store, arrive on FULL (the consumers sync on it, then read).
+    // An arrive synchronizes-with the sync of the same barrier (PTX memory model),
+    // which orders both the store after their last read and their read after the
+    // store; compute-sanitizer racecheck still reports the pair (it reported the
+    // mbarrier-published store too), see docs/06-hopper.md. One lane: the
+    // unaligned barrier counts this warp as 32 threads.
+    if (tile_iter > 0) named_bar_sync_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
+    *reinterpret_cast<int4*>(s.tile) = live ? make_int4(m_block, head, b, 1) : make_int4(0, 0, 0, 0);
+    named_bar_arrive_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
+    if (!live) break;
     mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
+    const TileSeq seq = tile_seq(p, b);
     const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{seq.mask(p)};
     int n_begin, n_end;
     bm.range(m_block, &n_begin, &n_end);
@@ -70,6 +93,15 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
     for (int i = 0; i < blocks; ++i) {
       if (i + 1 < blocks) load_k(kv_block(p, n_begin, n_end, i + 1), head_kv, seq);
       load_v(kv_block(p, n_begin, n_end, i), head_kv, seq);
+    }
+    t = claim(t);
+  }
+  // The last CTA out resets the counters for the next launch on this stream.
+  if (p.tile_counter != nullptr) {
+    __threadfence();  // this CTA's last claim comes before its "done"
+    if (atomicAdd(p.tile_counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+      p.tile_counter[0] = 0;
+      p.tile_counter[1] = 0;
     }
   }
 }

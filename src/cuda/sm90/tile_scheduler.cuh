@@ -1,19 +1,25 @@
-// Persistent tile scheduler: grid = #SMs, CTA i runs tiles i, i + grid, ...
-// (TileWalk in kernel_params.cuh; varlen batches number their live tiles there
-// instead). A tile is (m_block, head, batch) of BM query rows.
-// (A dynamic scheduler -- a global atomic tile counter, the index handed from
-// the producer to the consumers through shared memory -- was tried; racecheck
-// cannot see the mbarrier ordering of that handoff, and its benefit was never
-// measured apart from other changes, so the static order stays.)
+// Tile order of the persistent Hopper forward: grid = #SMs, CTA i starts with
+// tile i and then claims the next unclaimed tile from a global counter (a
+// dynamic schedule, see producer.cuh; the `static_sched` experiment runs the
+// round robin i, i + grid, ... instead). TileWalk (kernel_params.cuh) turns a
+// tile index into coordinates; varlen batches number their live tiles there.
+// A tile is (m_block, head, batch) of BM query rows.
 //   Non-causal: m_block fastest, so the CTAs running at the same time share the
 //   K/V of one or two heads (and of one KV group under GQA): K/V stay in L2.
 //   Causal (right window): longest tiles first (m_block descending), in groups of
 //   `l2_heads` (batch, head) pairs whose K/V fit in about half the L2: all the
 //   group's m_blocks, longest first, heads fastest, then the next group. So the
-//   CTAs running at once read the K/V of a few heads, and the short tiles at the
-//   end of the last group fill the tail of the grid. (With one group, l2_heads =
-//   heads * batch, this is the plain longest-first order; the FA3 paper's
-//   scheduler swizzles its LPT order the same way.)
+//   CTAs running at once read the K/V of a few heads. The short group (when
+//   l2_heads does not divide heads * batch) comes FIRST: the long tiles of the
+//   last group must start early enough for the rest of the grid to finish with
+//   them (with a short last group, its longest tiles started near the end and
+//   set the launch's length). (With one group, l2_heads = heads * batch, this is
+//   the plain longest-first order; the FA3 paper's scheduler swizzles its LPT
+//   order the same way.)
+// Why dynamic: a fixed round robin over this order hands each CTA a sawtooth of
+// lengths; simulated for N = 8k, d128, causal (scripts/tile_balance.py) the
+// busiest CTA has 1.20x the mean work (the launch ends with it), while greedy
+// claiming in the order above gives 1.00x.
 #pragma once
 
 #include <cstdint>
@@ -33,11 +39,16 @@ struct TileScheduler {
     int bh;
     if (longest_first) {
       const int bh_count = heads * batch;
-      const int group_tiles = l2_heads * num_m_blocks;
-      const int group = t / group_tiles;
-      const int group_first = group * l2_heads;
-      const int group_size = min(l2_heads, bh_count - group_first);  // the last group may be short
-      const int r = t - group * group_tiles;
+      const int short_size = bh_count % l2_heads;  // the short group, first (0: none)
+      int group_first, group_size, r;
+      if (t < short_size * num_m_blocks) {
+        group_first = 0, group_size = short_size, r = t;
+      } else {
+        const int u = t - short_size * num_m_blocks;
+        const int group = u / (l2_heads * num_m_blocks);
+        group_first = short_size + group * l2_heads, group_size = l2_heads;
+        r = u - group * l2_heads * num_m_blocks;
+      }
       bh = group_first + r % group_size;
       m_block = num_m_blocks - 1 - r / group_size;
     } else {

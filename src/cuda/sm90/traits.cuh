@@ -41,6 +41,9 @@ struct Traits {
   static constexpr int kKBytes = kBlockN * kHeadDim * 2;
   static constexpr int kVBytes = kBlockN * kHeadDim * 2;
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0, "tiles must keep the 1024-byte swizzle alignment");
+  // Named barriers of the tile handoff (producer.cuh); 1..kConsumerWGs are the ping-pong turns.
+  static constexpr int kTileFullBar = 8, kTileFreeBar = 9;
+  static constexpr int kTileBarThreads = 32 + 128 * kConsumerWGs;  // the producer's warp + the consumers
 };
 
 template <class Tr>
@@ -56,6 +59,13 @@ struct SharedStorage {
   // V after O += P V, so the next K load starts half an iteration earlier.
   uint64_t k_empty[Tr::kStages];     // consumers are done with K of the stage (8 warp arrivals)
   uint64_t v_empty[Tr::kStages];     // consumers are done with V of the stage
+  // The next tile: {m_block, head, batch, 1}, or {0, 0, 0, 0} when the CTA has
+  // no tile left. Handed from the producer to the consumers with two named
+  // barriers (producer.cuh). (Tried first: st.async with Q's transaction raised an
+  // illegal instruction outside a cluster launch; a bulk copy from global, and a
+  // plain store published by the q_full arrival, both worked, and racecheck
+  // reported those handoffs as it reports this one.)
+  alignas(16) int tile[4];
 };
 
 // +1024: the dynamic smem base is only 16-byte aligned; the kernel rounds it up.
