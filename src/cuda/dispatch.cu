@@ -216,7 +216,7 @@ Status backward(const BwdParams& p) {
       return Status::Unsupported("the hopper kernel needs an sm_90 GPU and a build with 90a in FLASHATTN_CUDA_ARCHS");
     case Kernel::kAuto:
       // The Hopper backward where it runs and supports the request (head dim
-      // <= 128, fp16/bf16, dense, not deterministic for now: hopper_bwd.cu), else FA2.
+      // <= 128, fp16/bf16, dense: hopper_bwd.cu), else FA2.
 #if FLASHATTN_HAS_SM90
       if (p.dtype != DType::kFloat32 && hopper_available(device)) {
         const Status hst = hopper_backward(p);

@@ -38,8 +38,8 @@ bool is_build_refusal(const Status& st) {
                                                  st.message.find("needs an sm_90") != std::string::npos);
 }
 
-// The deterministic mode and the dQ variants hung / timed out in their first H100
-// run and are off unless FLASHATTN_HOPPER_BWD_EXPERIMENTS=1 (hopper_bwd.cu).
+// The dQ variants (FLASHATTN_HOPPER_BWD_VARIANT) are experiments, off unless
+// FLASHATTN_HOPPER_BWD_EXPERIMENTS=1 (hopper_bwd.cu); the deterministic mode is on.
 bool experiments_on() {
   const char* e = std::getenv("FLASHATTN_HOPPER_BWD_EXPERIMENTS");
   return e != nullptr && std::string(e) == "1";
@@ -142,11 +142,6 @@ TEST(HopperBwd, FullyMaskedRows) {
       host_forward(pb);
       const Status st = run_gpu_backward(pb, Kernel::kHopper, det);
       if (is_build_refusal(st)) continue;
-      if (det && !experiments_on()) {  // refused with a reason; kernel auto then runs fa2
-        EXPECT_EQ(st.code, StatusCode::kUnsupported);
-        EXPECT_NE(st.message.find("deterministic"), std::string::npos) << st.message;
-        continue;
-      }
       ASSERT_TRUE(st.ok()) << st.message;
       check_against_oracle(pb, s.name());
       int64_t masked_rows = 0;
@@ -220,15 +215,6 @@ TEST(HopperBwd, AutoMatchesHopper) {
   same(dv, pb.dv, "dv");
 
   // Deterministic: kHopper runs it (bulk dQ + semaphores), kAuto picks it: same bits.
-  // With the experiments off kHopper refuses and kAuto runs fa2's deterministic mode.
-  if (!experiments_on()) {
-    st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
-    EXPECT_EQ(st.code, StatusCode::kUnsupported) << st.message;
-    st = run_gpu_backward(pb, Kernel::kAuto, /*deterministic=*/true);
-    ASSERT_TRUE(st.ok()) << st.message;
-    check_against_oracle(pb, s.name() + "_auto_det_fa2", o);
-    return;
-  }
   st = run_gpu_backward(pb, Kernel::kHopper, /*deterministic=*/true);
   ASSERT_TRUE(st.ok()) << st.message;
   check_against_oracle(pb, s.name() + "_hopper_det", o);
@@ -247,7 +233,6 @@ TEST(HopperBwd, AutoMatchesHopper) {
 // comparison can fail; it is not asserted (equal by chance is possible).
 TEST(HopperBwd, Deterministic) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
-  HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS();
   int idx = 0;
   for (int64_t d : {64, 128})
     for (bool causal : {false, true}) {
@@ -294,7 +279,6 @@ TEST(HopperBwd, Deterministic) {
 // another summation order (no oracle: too slow on the CPU at this size).
 TEST(HopperBwd, DeterministicWaves) {
   HOPPER_BWD_SKIP_UNLESS_SM90();
-  HOPPER_BWD_SKIP_UNLESS_EXPERIMENTS();
   for (bool causal : {false, true}) {
     Shape s;
     s.batch = 2;
