@@ -9,7 +9,8 @@
 # Logs and tables land in $OUT (or ./gpu_check_out).
 # STAGES picks what runs (default: all): "build tests sanitize python bench".
 # The build dir (build-gpu/, git-ignored) is reused when it exists, so a long
-# check can be split over two calls on a warm machine: STAGES="build tests sanitize", then STAGES="python bench".
+# check is split over calls on a warm machine (each call is at most 10 minutes):
+# STAGES="build sanitize", then STAGES="tests", then STAGES="python bench".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -52,14 +53,20 @@ if stage build; then
 fi
 
 if stage tests; then
-  t0=$(date +%s)
-  timeout 420 "$BUILD/tests/flashattn_gpu_tests" >"$OUT/gpu_tests.log" 2>&1
-  rc=$?
-  note "GPU tests rc=$rc ($(elapsed $t0)): $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests.log" | tr '\n' ' ') $(grep -oE '^\[  SKIPPED \] [0-9]+ test' "$OUT/gpu_tests.log")"
-  grep -E '^\[  FAILED  \]' "$OUT/gpu_tests.log" | head -30
+  # The whole suite takes ~7 min on an H100 (2026-11-25): the parameterized cases
+  # (Cases/*, Sanitize/*) in a second process, so each has its own timeout and a
+  # hang names its half. Un-briefed logs: the last [ RUN ] line names a hang.
+  for half in plain parameterized; do
+    t0=$(date +%s)
+    if [ $half = plain ]; then f='-*/*'; else f='*/*'; fi
+    timeout 330 "$BUILD/tests/flashattn_gpu_tests" --gtest_filter="$f" >"$OUT/gpu_tests_$half.log" 2>&1
+    rc=$?
+    note "GPU tests ($half) rc=$rc ($(elapsed $t0)): $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_$half.log" | tr '\n' ' ') $(grep -oE '^\[  SKIPPED \] [0-9]+ test' "$OUT/gpu_tests_$half.log") last: $(grep -E '^\[ RUN' "$OUT/gpu_tests_$half.log" | tail -1)"
+    grep -E '^\[  FAILED  \]' "$OUT/gpu_tests_$half.log" | sort -u | head -30
+  done
   # The Hopper forward's experiment variants (hopper_fwd.cu) keep their correctness:
   # its tests and the varlen prefill cases again under each.
-  for v in wg3 reverse_kv no_l2_groups no_pingpong; do
+  for v in static_sched wg3 reverse_kv no_l2_groups no_pingpong; do
     FLASHATTN_HOPPER_VARIANT=$v timeout 90 "$BUILD/tests/flashattn_gpu_tests" --gtest_brief=1 \
       --gtest_filter='HopperGpu.*:*VarlenPrefill*' >"$OUT/gpu_tests_variant_$v.log" 2>&1
     note "GPU tests, FLASHATTN_HOPPER_VARIANT=$v rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_variant_$v.log" | tr '\n' ' ')"
@@ -80,11 +87,21 @@ if stage sanitize; then
     filter='Sanitize*:Ring/RingGpu.*w2*'
     # racecheck cannot track the cooperative launch of the single-pass split-row
     # softmax (its blocks wait on each other), and hangs there: memcheck/synccheck only.
-    [ $tool = racecheck ] && filter="$filter:-SanitizeSoftmax.*"
+    # The Hopper forward's tile handoff (producer.cuh: producer stores s.tile, arrives
+    # on a named barrier, the consumers sync on it and read; the reverse order through
+    # a second barrier) is ordered by the PTX memory model (an arrive synchronizes-with
+    # the sync), but racecheck reports the store/read pair, as it did for an mbarrier-
+    # published store: its cases run in a separate racecheck pass whose report is
+    # printed and not counted (docs/06-hopper.md).
+    hopper_fwd='Sanitize.HopperDynamicSchedule:SanitizeVarlenPrefill.*:Sanitize/SanitizeFwd.SmallCases/hopper:Sanitize/SanitizeFwd.SmallCases/auto'
+    [ $tool = racecheck ] && filter="$filter:-SanitizeSoftmax.*:$hopper_fwd"
     timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/flashattn_gpu_tests" \
       --gtest_filter="$filter" --gtest_brief=1 >"$OUT/sanitize_$tool.log" 2>&1
     note "compute-sanitizer $tool rc=$? ($(elapsed $t0)): $(grep -m1 -oE 'ERROR SUMMARY: [0-9]+ error' "$OUT/sanitize_$tool.log" || echo 'no summary')"
   done
+  timeout 240 compute-sanitizer --tool racecheck "$BUILD/tests/flashattn_gpu_tests" --gtest_filter="$hopper_fwd" \
+    --gtest_brief=1 >"$OUT/sanitize_racecheck_hopper_fwd.log" 2>&1
+  note "racecheck, Hopper forward (tile handoff reported, see above; other hazards are bugs): $(grep -oE 'Race reported between [A-Za-z]+ access at [^(]*' "$OUT/sanitize_racecheck_hopper_fwd.log" | sed 's/(.*//' | sort | uniq -c | tr '\n' ';') $(grep -m1 -oE 'RACECHECK SUMMARY: [0-9]+ hazard' "$OUT/sanitize_racecheck_hopper_fwd.log")"
 fi
 
 if stage python && [ -d "$BUILD/python/flashattn" ]; then
