@@ -7,6 +7,7 @@
 // 512..16k: B = 16384 / N and H = 2048 / D for D in {64, 128, 256}, causal and not.
 //   --gpu            forward of naive (where S fits), fa1 (N <= 2k), fa2, hopper, auto; row softmax GB/s
 //   --gpu --bwd      backward of fa2, hopper, auto and hopper_det (hopper, deterministic = true)
+//                    (+ FLASHATTN_BENCH_HOPPER_BWD_VARIANTS rows)
 //   --gpu --decode   Nq = 1 over K/V: contiguous, a KV cache (seqused_k), paged (page 16 / 256): KV-read GB/s
 //   --gpu --varlen   a packed ragged batch (cu_seqlens) vs the dense batch of the same 16k tokens: TFLOPS
 //                    (with --bwd: the backward of both)
@@ -23,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bench.h"
@@ -352,9 +354,11 @@ std::vector<int64_t> pick(int64_t given, std::vector<int64_t> sweep, std::vector
 // FLASHATTN_BENCH_HOPPER_VARIANTS="no_l2_groups,wg3": extra forward rows that run the
 // Hopper kernel with FLASHATTN_HOPPER_VARIANT set to each entry (hopper_fwd.cu lists
 // them), interleaved with the default rows of the same run: leave-one-out timings.
-std::vector<std::string> hopper_variants() {
+// FLASHATTN_BENCH_HOPPER_BWD_VARIANTS="atomic,bulk": the same for the backward
+// (FLASHATTN_HOPPER_BWD_VARIANT, hopper_bwd.cu; the row turns the experiments gate on).
+std::vector<std::string> hopper_variants(bool bwd = false) {
   std::vector<std::string> out;
-  const char* env = std::getenv("FLASHATTN_BENCH_HOPPER_VARIANTS");
+  const char* env = std::getenv(bwd ? "FLASHATTN_BENCH_HOPPER_BWD_VARIANTS" : "FLASHATTN_BENCH_HOPPER_VARIANTS");
   std::stringstream list(env ? env : "");
   for (std::string v; std::getline(list, v, ',');)
     if (!v.empty()) out.push_back(v);
@@ -396,12 +400,11 @@ void build_attention_sweep(Sweep& s, bool bwd) {
           r.name = kernel_name(k);
           s.rows.push_back(r);
         }
-        if (!bwd)
-          for (const std::string& v : hopper_variants()) {  // leave-one-out rows, same run
-            Row r = base;
-            r.name = "hopper:" + v;
-            s.rows.push_back(r);
-          }
+        for (const std::string& v : hopper_variants(bwd)) {  // leave-one-out rows, same run
+          Row r = base;
+          r.name = "hopper:" + v;
+          s.rows.push_back(r);
+        }
         if (bwd) {  // the Hopper backward with deterministic = true
           Row r = base;
           r.name = "hopper_det";
@@ -685,16 +688,26 @@ void run_group(Sweep& s, std::vector<Row*>& group, RandomPool& pool) {
                : r->name == "hopper" || r->name == "hopper_det" || variant ? Kernel::kHopper
                                                                            : Kernel::kAuto;
     p.deterministic = r->name == "hopper_det";
-    const char* before = std::getenv("FLASHATTN_HOPPER_VARIANT");
-    const std::string saved = before ? before : "";
-    if (variant) setenv("FLASHATTN_HOPPER_VARIANT", r->name.c_str() + 7, 1);
+    // A variant row sets the kernel's variable (and, backward, the experiments gate)
+    // for its own measurement and restores them after.
+    std::vector<std::pair<const char*, std::string>> env;
+    if (variant) {
+      env.emplace_back(bwd ? "FLASHATTN_HOPPER_BWD_VARIANT" : "FLASHATTN_HOPPER_VARIANT", r->name.substr(7));
+      if (bwd) env.emplace_back("FLASHATTN_HOPPER_BWD_EXPERIMENTS", "1");
+    }
+    std::vector<std::pair<bool, std::string>> saved;
+    for (const auto& [name, value] : env) {
+      const char* before = std::getenv(name);
+      saved.emplace_back(before != nullptr, before ? before : "");
+      setenv(name, value.c_str(), 1);
+    }
     s.measure(*r, sets, [&](int i) {
       bind(i);
       return bwd ? backward(p) : forward(static_cast<const FwdParams&>(p));
     });
-    if (variant) {
-      if (before) setenv("FLASHATTN_HOPPER_VARIANT", saved.c_str(), 1);
-      else unsetenv("FLASHATTN_HOPPER_VARIANT");
+    for (size_t e = 0; e < env.size(); ++e) {
+      if (saved[e].first) setenv(env[e].first, saved[e].second.c_str(), 1);
+      else unsetenv(env[e].first);
     }
   }
 }
