@@ -158,7 +158,7 @@ TEST(HopperGpu, PersistentManyTiles) {
 
 // Causal / window tiles run longest first in groups of (batch, head) pairs whose K/V
 // fit in L2 (tile_scheduler.cuh). Real shapes need long sequences for several
-// groups, so the group size is forced: 3 pairs of 10 (3 + 3 + 3 + a short last 1),
+// groups, so the group size is forced: 3 pairs of 10 (a short first 1 + 3 + 3 + 3),
 // and 4 with GQA (query heads of one KV head adjacent), every tile exactly once.
 struct ForcedL2Heads {  // sets FLASHATTN_HOPPER_L2_HEADS for one scope
   explicit ForcedL2Heads(const char* n) { setenv("FLASHATTN_HOPPER_L2_HEADS", n, 1); }
