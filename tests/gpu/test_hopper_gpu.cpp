@@ -224,6 +224,56 @@ TEST(HopperGpu, DynamicScheduleRepeats) {
   EXPECT_EQ(cudaStreamDestroy(side), cudaSuccess);
 }
 
+// Captured into a CUDA graph (inference engines replay their decode/prefill
+// steps this way): the call then takes its own zeroed tile counter
+// (stream_scratch.h) as nodes of the graph. More tiles than SMs, causal, so the
+// dynamic schedule claims from it; the graph is replayed three times with the
+// outputs poisoned in between, and every replay must give the oracle's result,
+// bit-identical to a direct call.
+TEST(HopperGpu, InCudaGraph) {
+  HOPPER_SKIP_UNLESS_SM90();
+  Shape s = make(2, 700, 650, 24, 8, 128);  // 6 m-blocks x 48 heads = 288 tiles
+  s.causal = true;
+  Problem pb(s, 31);
+  GpuProblem g(pb);
+  ASSERT_TRUE(g.ok());
+  FwdParams p = g.fwd_params();
+  p.kernel = Kernel::kHopper;
+  Status st = forward(p);  // direct call on the default stream: the reference bits
+  if (is_build_refusal(st)) GTEST_SKIP() << st.message;
+  ASSERT_TRUE(st.ok()) << st.message;
+  ASSERT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
+  expect_forward_matches_oracle(pb, "direct " + s.name());
+  const std::vector<uint8_t> direct_o = pb.o.bytes;
+  const std::vector<float> direct_lse = pb.lse;
+
+  cudaStream_t stream = nullptr;
+  FA_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  p.stream = stream;
+  cudaGraph_t graph = nullptr;
+  FA_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  st = forward(p);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  ASSERT_TRUE(st.ok()) << st.message;
+  FA_TEST_CUDA(end);
+  cudaGraphExec_t exec = nullptr;
+  FA_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 3; ++replay) {
+    FA_TEST_CUDA(g.o.poison());
+    FA_TEST_CUDA(g.lse.poison());
+    FA_TEST_CUDA(cudaDeviceSynchronize());  // the non-blocking stream does not wait for the memsets
+    FA_TEST_CUDA(cudaGraphLaunch(exec, stream));
+    FA_TEST_CUDA(cudaStreamSynchronize(stream));
+    ASSERT_EQ(g.copy_outputs_to_host(pb), cudaSuccess);
+    EXPECT_TRUE(pb.o.bytes == direct_o) << "replay " << replay << " O";
+    EXPECT_EQ(std::memcmp(pb.lse.data(), direct_lse.data(), direct_lse.size() * sizeof(float)), 0)
+        << "replay " << replay << " LSE";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 // q, k, v as views of one packed [batch, seqlen, 3, heads, dim] tensor, and an
 // output with padded rows: the TMA maps must use the real strides.
 TEST(HopperGpu, StridedPackedQkv) {
