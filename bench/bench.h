@@ -20,6 +20,7 @@ struct Options {
   bool softmax = false;  // --softmax: only the row-softmax sweep (GPU)
   bool varlen = false;   // --varlen: packed ragged batch (cu_seqlens) vs the dense batch of equal tokens (GPU)
   bool ring = false;     // --ring: ring attention over 1..G GPUs (NCCL) vs one GPU (bench_ring.cpp)
+  bool diag = false;     // --diag: the Hopper forward timed five ways (bench_diag.cpp)
   bool torch = true;    // --no-torch: skip bench/torch_sdpa.py
   // Shape overrides; 0 / -1 = the sweep's default.
   int64_t b = 0, h = 0, hkv = 0, n = 0, nk = 0, d = 0;
@@ -86,6 +87,7 @@ std::string json_str(const std::string& s);
 int run_cpu(const Options& o);
 int run_gpu(const Options& o);
 int run_ring(const Options& o);
+int run_diag(const Options& o);  // bench_diag.cpp
 
 }  // namespace bench
 }  // namespace flashattn

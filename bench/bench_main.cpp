@@ -21,7 +21,7 @@ namespace {
 
 void usage() {
   std::printf(
-      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--varlen] [--ring] [--quick] [--no-torch]\n"
+      "usage: flashattn-bench [--gpu] [--bwd] [--decode] [--softmax] [--varlen] [--ring] [--diag] [--quick] [--no-torch]\n"
       "                       [--b B] [--h H] [--hkv HKV] [--n N] [--nk NK] [--d D] [--causal 0|1]\n"
       "                       [--dtype fp32|fp16|bf16] [--reps R] [--threads T] [--splits S (decode num_splits)]\n"
       "                       [--max-seconds S (GPU, default 150)] [--row-timeout S (GPU, default 60)]\n"
@@ -34,6 +34,8 @@ void usage() {
       "                 the backward of both.\n"
       "--ring: ring attention over 1, 2, 4, 8 GPUs (NCCL, one rank per GPU) vs one GPU on the whole\n"
       "        sequence: fwd/bwd time, TFLOPS, scaling efficiency (--n total tokens, default 16k x GPUs).\n"
+      "--diag: the Hopper forward (default d128 N=8k) timed back to back, isolated, after an L2 flush,\n"
+      "        in a CUDA graph, for its default / no_persistent / static_sched variants (no torch).\n"
       "FLOPs: fwd 4*B*H*Nq*Nk*D (/2 causal), bwd 2.5x fwd. Times: median, after warm-up.\n");
 }
 
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
     else if (a == "--softmax") o.softmax = true;
     else if (a == "--varlen") o.varlen = true;
     else if (a == "--ring") o.ring = true;
+    else if (a == "--diag") o.diag = true;
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--b") o.b = integer("--b");
     else if (a == "--h") o.h = integer("--h");
@@ -104,5 +107,6 @@ int main(int argc, char** argv) {
   std::printf("flashattn %s, CUDA backend %s\n", flashattn::version(),
               flashattn::cuda_compiled() ? "compiled" : "not compiled");
   if (o.ring) return flashattn::bench::run_ring(o);
+  if (o.diag) return flashattn::bench::run_diag(o);
   return o.gpu ? flashattn::bench::run_gpu(o) : flashattn::bench::run_cpu(o);
 }

@@ -163,6 +163,9 @@ stage_bench() {
   t0=$(date +%s)
   timeout 90 "$BUILD/bench/flashattn-bench" --gpu --varlen --max-seconds 60 >"$OUT/bench_varlen.txt" 2>"$OUT/bench_varlen.err"
   note "bench --gpu --varlen rc=$? ($(elapsed $t0))"
+  t0=$(date +%s)
+  timeout 60 "$BUILD/bench/flashattn-bench" --diag >"$OUT/bench_diag.txt" 2>&1
+  note "bench --diag rc=$? ($(elapsed $t0))"
   }
 }
 
@@ -205,7 +208,7 @@ fi
 stage_multi_gpu
 
 echo
-for f in bench_fwd bench_bwd bench_decode bench_softmax bench_varlen bench_ring; do
+for f in bench_fwd bench_bwd bench_decode bench_softmax bench_varlen bench_ring bench_diag; do
   [ -s "$OUT/$f.txt" ] && { echo "--- $f (summary)"; tail -25 "$OUT/$f.txt"; }
 done
 echo "######## $CARD ########"
