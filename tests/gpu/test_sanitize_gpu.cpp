@@ -3,6 +3,7 @@
 // result, so a sanitizer run that "passes" on garbage is impossible.
 #include <cuda_runtime.h>
 
+#include <string>
 #include <vector>
 
 #include "test_util.h"
@@ -98,16 +99,23 @@ INSTANTIATE_TEST_SUITE_P(Sanitize, SanitizeFwd,
                          ::testing::Values(Kernel::kNaive, Kernel::kFA1, Kernel::kFA2, Kernel::kHopper, Kernel::kAuto),
                          [](const auto& info) { return std::string(kernel_name(info.param)); });
 
+// kAuto's backward on sm_90 is the Hopper kernel: head dim 64 adds dQ with atomics,
+// 128 through the bulk reduce (its default), and deterministic = true runs the
+// bulk kernel with its semaphores; all of them here.
 TEST(Sanitize, Backward) {
   FLASHATTN_SKIP_WITHOUT_GPU();
-  for (bool causal : {false, true}) {
+  for (int mode = 0; mode < 8; ++mode) {
+    const bool causal = mode % 2 == 1;
+    const int64_t head_dim = mode / 2 % 2 == 0 ? 64 : 128;
+    const bool deterministic = mode >= 4;
+    SCOPED_TRACE("d" + std::to_string(head_dim) + (causal ? " causal" : "") + (deterministic ? " deterministic" : ""));
     Shape s;
     s.batch = 2;
     s.seqlen_q = 37;
     s.seqlen_k = 75;
     s.heads_q = 4;
     s.heads_kv = 2;
-    s.head_dim = 64;
+    s.head_dim = head_dim;
     s.causal = causal;
     s.dtype = DType::kBFloat16;
     Problem pb(s, 99);
@@ -123,6 +131,7 @@ TEST(Sanitize, Backward) {
     p.q = q.ptr, p.k = k.ptr, p.v = v.ptr, p.o = o.ptr, p.lse = static_cast<float*>(lse.ptr);
     p.dout = dout.ptr, p.dq = dq.ptr, p.dk = dk.ptr, p.dv = dv.ptr;
     p.device = Device::kCUDA;
+    p.deterministic = deterministic;
     Status st = backward(p);
     if (st.code == StatusCode::kUnsupported) GTEST_SKIP() << st.message;
     ASSERT_TRUE(st.ok()) << st.message;
