@@ -6,9 +6,11 @@ of a tile = the KV blocks it visits (+ a fixed cost per tile), in the
 scheduler's L2-grouped longest-first order. Prints, for the bench's shapes
 (16k tokens per batch, hidden 2048), the busiest CTA's work over the mean --
 the factor the launch takes longer than perfectly balanced work -- for:
-  static         the round robin (CTA i runs tiles i, i + grid, ...)
-  dyn-short-last a greedy claim (next free CTA takes the next tile), the short
-                 L2 group last (the order before 2026-11-25 night)
+  static-last    the round robin (CTA i runs tiles i, i + grid, ...) over the order
+                 with the short L2 group last (the kernel before this change)
+  static-first   the same round robin, short group first (the `static_sched`
+                 experiment of the kernel now)
+  dyn-last       a greedy claim (next free CTA takes the next tile), short group last
   dyn            a greedy claim with the short group first (the kernel now)
 usage: scripts/tile_balance.py [--sms 132] [--l2-mb 50]
 """
@@ -55,7 +57,7 @@ def main():
     ap.add_argument("--l2-mb", type=int, default=50)
     ap.add_argument("--per-tile", type=float, default=0.5, help="fixed cost of a tile, in KV blocks")
     a = ap.parse_args()
-    print(f"{'N':>6} {'d':>4} {'static':>8} {'dyn-short-last':>15} {'dyn':>6}")
+    print(f"{'N':>6} {'d':>4} {'static-last':>12} {'static-first':>13} {'dyn-last':>9} {'dyn':>6}")
     for n in (512, 1024, 2048, 4096, 8192, 16384):
         for d in (64, 128, 256):
             heads, batch = 2048 // d, max(1, 16384 // n)
@@ -63,8 +65,9 @@ def main():
             args = (n, heads, batch, d, 128, bn, a.l2_mb << 20)
             last = tile_lengths(*args, short_first=False)
             first = tile_lengths(*args, short_first=True)
-            print(f"{n:>6} {d:>4} {imbalance_static(last, a.sms, a.per_tile):>8.3f} "
-                  f"{imbalance_greedy(last, a.sms, a.per_tile):>15.3f} "
+            print(f"{n:>6} {d:>4} {imbalance_static(last, a.sms, a.per_tile):>12.3f} "
+                  f"{imbalance_static(first, a.sms, a.per_tile):>13.3f} "
+                  f"{imbalance_greedy(last, a.sms, a.per_tile):>9.3f} "
                   f"{imbalance_greedy(first, a.sms, a.per_tile):>6.3f}")
 
 

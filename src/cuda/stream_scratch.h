@@ -1,6 +1,7 @@
 // Device scratch whose counters a kernel finds zeroed and leaves zeroed: the
 // split-KV decode's per-group arrival counters, the single-pass split-row
-// softmax's per-row counters and the Hopper forward's tile counter use it, so neither needs a memset launch per call.
+// softmax's per-row counters and the Hopper forward's tile counter use it, so
+// none of them needs a memset launch per call.
 //
 // stream_scratch(tag, stream, zeroed_bytes, extra_bytes) returns
 //   base                 zeroed_bytes that are zero when the next work queued on

@@ -68,7 +68,8 @@ int variant_flags(bool deterministic, int head_dim_pad) {
   auto has = [&](const char* name) { return v.find("," + std::string(name) + ",") != std::string::npos; };
   // Head dim 128 adds dQ with the bulk reduce by default: the deterministic kernel
   // (bulk dQ + ordering) measured 18 % faster than the per-thread atomics on the
-  // H100 (2026-11-25, N = 8k, causal and not); `atomic` restores them.
+  // H100 (2026-11-25, N = 8k, causal and not); `atomic` restores them (like every
+  // variant here, only with FLASHATTN_HOPPER_BWD_EXPERIMENTS=1).
   const bool bulk = has("bulk") || (head_dim_pad == 128 && !has("atomic"));
   int flags = (bulk ? kFlagBulkDq : 0) | (has("dqfirst") ? kFlagDqFirst : 0);
   if (has("dq32") && head_dim_pad == 64) flags |= kFlagDq32;

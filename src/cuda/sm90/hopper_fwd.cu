@@ -83,7 +83,9 @@ Status run(const FwdParams& p) {
   k.sched.batch = static_cast<int>(p.batch);
   k.sched.longest_first = k.mask.window_right >= 0;
   const int64_t tiles = static_cast<int64_t>(k.sched.num_m_blocks) * p.heads_q * p.batch;
-  if (tiles > 0x7fffffff) return Status::Unsupported("hopper: more than 2^31 query tiles");
+  // Tile indices are int, and a CTA's next index (claimed, or t + grid) can reach
+  // tiles + grid - 1 <= 2 * tiles - 1.
+  if (tiles > 0x3fffffff) return Status::Unsupported("hopper: more than 2^30 query tiles");
 
   int device = 0, sms = 0, l2_bytes = 0;
   FA_CUDA_CHECK(cudaGetDevice(&device));
