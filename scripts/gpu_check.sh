@@ -77,7 +77,7 @@ stage_variants() {
   {
   # The Hopper forward's experiment variants (hopper_fwd.cu) keep their correctness:
   # its tests and the varlen prefill cases again under each.
-  for v in static_sched wg3 reverse_kv no_l2_groups no_pingpong; do
+  for v in static_sched wg3 sync_handoff reverse_kv no_l2_groups no_pingpong; do
     FLASHATTN_HOPPER_VARIANT=$v timeout 90 "$BUILD/tests/flashattn_gpu_tests" --gtest_brief=1 \
       --gtest_filter='HopperGpu.*:*VarlenPrefill*' >"$OUT/gpu_tests_variant_$v.log" 2>&1
     note "GPU tests, FLASHATTN_HOPPER_VARIANT=$v rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]+ test' "$OUT/gpu_tests_variant_$v.log" | tr '\n' ' ')"
@@ -118,6 +118,12 @@ stage_sanitize() {
   timeout 240 compute-sanitizer --tool racecheck "$BUILD/tests/flashattn_gpu_tests" --gtest_filter="$hopper_fwd" \
     --gtest_brief=1 >"$OUT/sanitize_racecheck_hopper_fwd.log" 2>&1
   note "racecheck, Hopper forward (tile handoff reported, see above; other hazards are bugs): $(grep -oE 'Race reported between [A-Za-z]+ access at [^(]*' "$OUT/sanitize_racecheck_hopper_fwd.log" | sed 's/(.*//' | sort | uniq -c | tr '\n' ';') $(grep -m1 -oE 'RACECHECK SUMMARY: [0-9]+ hazard' "$OUT/sanitize_racecheck_hopper_fwd.log")"
+  # The same cases (all head dim 64) with the symmetric handoff (traits.cuh, `sync_handoff`),
+  # designed so racecheck can follow it: this pass should be clean.
+  FLASHATTN_HOPPER_VARIANT=sync_handoff timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    "$BUILD/tests/flashattn_gpu_tests" --gtest_filter="$hopper_fwd" --gtest_brief=1 \
+    >"$OUT/sanitize_racecheck_hopper_fwd_sync_handoff.log" 2>&1
+  note "racecheck, Hopper forward with sync_handoff rc=$?: $(grep -m1 -oE 'RACECHECK SUMMARY: [0-9]+ hazard' "$OUT/sanitize_racecheck_hopper_fwd_sync_handoff.log")"
   }
 }
 

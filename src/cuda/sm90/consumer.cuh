@@ -189,9 +189,9 @@ struct Consumer {
     for (;; ++tile_iter) {
       // The producer schedules the tiles and hands each over (producer.cuh).
       named_bar_sync_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
-      const int4 tile = *reinterpret_cast<const int4*>(s.tile);
+      const int4 tile = *reinterpret_cast<const int4*>(s.tile[Tr::kSyncHandoff ? tile_iter & 1 : 0]);
       if (tile.w == 0) break;  // no tile left
-      named_bar_arrive_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
+      if constexpr (!Tr::kSyncHandoff) named_bar_arrive_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
       mbar_wait(&s.q_full, tile_iter & 1);
       const int m_block = tile.x, head = tile.y, b = tile.z;
       const TileSeq seq = tile_seq(p, b);

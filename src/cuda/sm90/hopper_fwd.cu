@@ -29,7 +29,8 @@ Status run(const FwdParams& p) {
   using Tr = Traits<D, false>;
   LaunchArgs a{};
   // Experiment switches for docs/06-hopper.md (leave-one-out timings), a comma list
-  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups, reverse_kv, static_sched.
+  // of no_overlap, no_pingpong, no_persistent, wg3, no_l2_groups, reverse_kv, static_sched,
+  // sync_handoff.
   // Unset in normal use.
   const char* variant_env = std::getenv("FLASHATTN_HOPPER_VARIANT");
   const std::string variant = "," + std::string(variant_env ? variant_env : "") + ",";
@@ -40,6 +41,8 @@ Status run(const FwdParams& p) {
   a.no_overlap = has("no_overlap");
   // Head dim 64: three consumer warpgroups, 192-row tiles (experiment).
   a.block_m = D == 64 && has("wg3") ? 192 : Tr::kBlockM;
+  // Head dim 64, two consumer warpgroups: the symmetric tile handoff (experiment).
+  a.sync_handoff = D == 64 && a.block_m == 128 && has("sync_handoff");
 
   // Packed (varlen) tensors are one sequence of total rows with batch 1; the
   // kernel adds each sequence's first row to its TMA coordinates (tile_seq).

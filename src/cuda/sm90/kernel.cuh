@@ -73,6 +73,7 @@ template <int kHeadDim, bool kBF16>
 Status launch_hopper_fwd(const LaunchArgs& a) {
   if constexpr (kHeadDim == 64) {
     if (a.block_m == 192) return launch_traits<Traits<kHeadDim, kBF16, 3>>(a);
+    if (a.sync_handoff) return launch_traits<Traits<kHeadDim, kBF16, 2, true>>(a);
   }
   return launch_traits<Traits<kHeadDim, kBF16>>(a);
 }

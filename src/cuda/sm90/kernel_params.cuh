@@ -130,6 +130,7 @@ struct LaunchArgs {
   cudaStream_t stream = nullptr;
   int block_m = 128;        // query rows per tile of the launched kernel (192: the d64 `wg3` variant)
   bool no_overlap = false;  // experiment switches (FLASHATTN_HOPPER_VARIANT), see hopper_fwd.cu
+  bool sync_handoff = false;  // d64: the tile handoff racecheck can follow (traits.cuh)
 };
 template <int kHeadDim, bool kBF16> Status launch_hopper_fwd(const LaunchArgs& a);
 

@@ -70,10 +70,22 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
     // store; compute-sanitizer racecheck still reports the pair (it reported the
     // mbarrier-published store too), see docs/06-hopper.md. One lane: the
     // unaligned barrier counts this warp as 32 threads.
-    if (tile_iter > 0) named_bar_sync_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
-    *reinterpret_cast<int4*>(s.tile) = live ? make_int4(m_block, head, b, 1) : make_int4(0, 0, 0, 0);
-    named_bar_arrive_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
-    if (!live) break;
+    //   kSyncHandoff: slot tile_iter % 2, no FREE barrier; both sides *sync* on FULL,
+    //   the producer after issuing the tile's first loads (below). The slot it writes
+    //   was last read at the start of tile_iter - 2, before the consumers' previous
+    //   FULL sync, which this thread has passed.
+    if constexpr (Tr::kSyncHandoff) {
+      *reinterpret_cast<int4*>(s.tile[tile_iter & 1]) = live ? make_int4(m_block, head, b, 1) : make_int4(0, 0, 0, 0);
+      if (!live) {
+        named_bar_sync_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
+        break;
+      }
+    } else {
+      if (tile_iter > 0) named_bar_sync_unaligned(Tr::kTileFreeBar, Tr::kTileBarThreads);
+      *reinterpret_cast<int4*>(s.tile[0]) = live ? make_int4(m_block, head, b, 1) : make_int4(0, 0, 0, 0);
+      named_bar_arrive_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
+      if (!live) break;
+    }
     mbar_wait(&s.q_empty, (tile_iter & 1) ^ 1);
     const TileSeq seq = tile_seq(p, b);
     const BlockMask<Tr::kBlockM, Tr::kBlockN> bm{seq.mask(p)};
@@ -89,10 +101,16 @@ __device__ __forceinline__ void producer_loop(SharedStorage<Tr>& s, const Kernel
     // K_{n+1} before V_n: the consumers need K_{n+1} (for S_{n+1}) before they
     // need V_n (for O += P_n V_n, issued after S_{n+1} in the overlapped loop).
     const int blocks = n_end - n_begin;
+    // kSyncHandoff: meet the consumers once the loads that the stages hold are
+    // issued (the later ones wait for stages this tile frees anyway), so the sync
+    // costs the pipeline nothing; they reach it when the previous tile is done.
+    const int sync_after = blocks < Tr::kStages ? blocks : Tr::kStages;
+    if (Tr::kSyncHandoff && sync_after == 0) named_bar_sync_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
     if (blocks > 0) load_k(kv_block(p, n_begin, n_end, 0), head_kv, seq);
     for (int i = 0; i < blocks; ++i) {
       if (i + 1 < blocks) load_k(kv_block(p, n_begin, n_end, i + 1), head_kv, seq);
       load_v(kv_block(p, n_begin, n_end, i), head_kv, seq);
+      if (Tr::kSyncHandoff && i + 1 == sync_after) named_bar_sync_unaligned(Tr::kTileFullBar, Tr::kTileBarThreads);
     }
     t = claim(t);
   }

@@ -12,11 +12,15 @@ namespace flashattn { namespace cuda { namespace sm90 {
 constexpr int kNumThreads = 384;  // the default configuration
 constexpr int kConsumerWarps = 8;
 
-template <int kHeadDim_, bool kBF16_, int kConsumerWGs_ = 2>
+template <int kHeadDim_, bool kBF16_, int kConsumerWGs_ = 2, bool kSyncHandoff_ = false>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;  // padded head dim: 64, 128 or 256
   static constexpr bool kBF16 = kBF16_;
   static constexpr int kConsumerWGs = kConsumerWGs_;
+  // The `sync_handoff` experiment (d64 only, producer.cuh): the tile handoff through
+  // two slots and one barrier that both sides sync on, which racecheck can follow.
+  static constexpr bool kSyncHandoff = kSyncHandoff_;
+  static constexpr int kTileSlots = kSyncHandoff ? 2 : 1;
   static constexpr int kThreads = 128 * (1 + kConsumerWGs);
   static constexpr int kConsumerWarps = 4 * kConsumerWGs;
   // The producer keeps 24 registers; the consumers split the rest of the 64K
@@ -65,7 +69,7 @@ struct SharedStorage {
   // illegal instruction outside a cluster launch; a bulk copy from global, and a
   // plain store published by the q_full arrival, both worked, and racecheck
   // reported those handoffs as it reports this one.)
-  alignas(16) int tile[4];
+  alignas(16) int tile[Tr::kTileSlots][4];
 };
 
 // +1024: the dynamic smem base is only 16-byte aligned; the kernel rounds it up.
