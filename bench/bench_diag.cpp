@@ -182,11 +182,11 @@ int run_diag(const Options& o) {
         return 0;
       };
       if (back_to_back("back_to_back")) return 1;
-      {  // isolated: the device idle before each call
+      // 15 calls, each timed alone after `before(i)` ran on the stream / host.
+      auto time_each = [&](const char* mode, auto&& before) -> int {
         std::vector<double> t;
         for (int i = 0; i < 15; ++i) {
-          DIAG_CUDA(cudaDeviceSynchronize());
-          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          if (before(i) != 0) return 1;
           DIAG_CUDA(cudaEventRecord(e0, stream));
           (void)forward(p);
           DIAG_CUDA(cudaEventRecord(e1, stream));
@@ -195,22 +195,20 @@ int run_diag(const Options& o) {
           DIAG_CUDA(cudaEventElapsedTime(&ms, e0, e1));
           t.push_back(ms);
         }
-        report("isolated", median_of(t), -1);
-      }
-      {  // after a 256 MB memset on the same stream
-        std::vector<double> t;
-        for (int i = 0; i < 15; ++i) {
-          DIAG_CUDA(cudaMemsetAsync(flush.ptr, i, flush_bytes, stream));
-          DIAG_CUDA(cudaEventRecord(e0, stream));
-          (void)forward(p);
-          DIAG_CUDA(cudaEventRecord(e1, stream));
-          DIAG_CUDA(cudaEventSynchronize(e1));
-          float ms = 0;
-          DIAG_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-          t.push_back(ms);
-        }
-        report("after_flush", median_of(t), -1);
-      }
+        report(mode, median_of(t), -1);
+        return 0;
+      };
+      if (time_each("isolated", [&](int) -> int {  // the device idle before each call
+            DIAG_CUDA(cudaDeviceSynchronize());
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            return 0;
+          }))
+        return 1;
+      if (time_each("after_flush", [&](int i) -> int {  // a 256 MB memset right before
+            DIAG_CUDA(cudaMemsetAsync(flush.ptr, i, flush_bytes, stream));
+            return 0;
+          }))
+        return 1;
       {  // 20 calls in one graph
         const int calls = 20;
         cudaGraph_t graph = nullptr;
