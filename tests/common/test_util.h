@@ -47,6 +47,19 @@ struct Shape {
   std::string name() const;
 };
 
+// A shape from its sizes (bf16 unless given: the GPU kernels' common case).
+inline Shape make_shape(int64_t b, int64_t nq, int64_t nk, int64_t hq, int64_t hkv, int64_t d,
+                        DType dt = DType::kBFloat16, bool causal = false, int64_t window_left = -1,
+                        int64_t window_right = -1, float softcap = 0.0f) {
+  Shape s;
+  s.batch = b, s.seqlen_q = nq, s.seqlen_k = nk, s.heads_q = hq, s.heads_kv = hkv, s.head_dim = d;
+  s.dtype = dt;
+  s.causal = causal;
+  s.window_left = window_left, s.window_right = window_right;
+  s.softcap = softcap;
+  return s;
+}
+
 // A problem with contiguous host tensors q, k, v, dout (random normal) and outputs.
 struct Problem {
   Shape shape;

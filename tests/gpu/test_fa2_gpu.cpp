@@ -19,18 +19,6 @@ namespace flashattn {
 namespace testing {
 namespace {
 
-Shape make_shape(int64_t b, int64_t nq, int64_t nk, int64_t hq, int64_t hkv, int64_t d, DType dt) {
-  Shape s;
-  s.batch = b;
-  s.seqlen_q = nq;
-  s.seqlen_k = nk;
-  s.heads_q = hq;
-  s.heads_kv = hkv;
-  s.head_dim = d;
-  s.dtype = dt;
-  return s;
-}
-
 // Compares o (contiguous [b, nq, hq, d]) and lse of a finished run with the oracle.
 void check_against_reference(const FwdParams& host_params, const HostTensor& o, const std::vector<float>& lse,
                              const std::string& name) {

@@ -47,29 +47,17 @@ void run_case(const Shape& s, uint64_t seed = 42) {
   expect_forward_matches_oracle(pb, s.name());
 }
 
-Shape make(int64_t b, int64_t sq, int64_t sk, int64_t hq, int64_t hkv, int64_t d, DType dt = DType::kBFloat16) {
-  Shape s;
-  s.batch = b;
-  s.seqlen_q = sq;
-  s.seqlen_k = sk;
-  s.heads_q = hq;
-  s.heads_kv = hkv;
-  s.head_dim = d;
-  s.dtype = dt;
-  return s;
-}
-
 TEST(HopperGpu, OddLengths) {
   for (int64_t n : {1, 7, 63, 65, 127, 257, 1000})
     for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
       SCOPED_TRACE(n);
-      run_case(make(1, n, n, 2, 2, 128, dt));
+      run_case(make_shape(1, n, n, 2, 2, 128, dt));
     }
 }
 
 TEST(HopperGpu, OddLengthsCausal) {
   for (int64_t n : {1, 7, 63, 65, 127, 257, 1000}) {
-    Shape s = make(1, n, n, 2, 2, 64);
+    Shape s = make_shape(1, n, n, 2, 2, 64);
     s.causal = true;
     run_case(s);
   }
@@ -78,7 +66,7 @@ TEST(HopperGpu, OddLengthsCausal) {
 TEST(HopperGpu, UnequalLengths) {
   for (auto [sq, sk] : {std::pair<int64_t, int64_t>{100, 300}, {300, 100}, {1, 513}, {513, 1}, {129, 1000}})
     for (bool causal : {false, true}) {
-      Shape s = make(1, sq, sk, 2, 2, 128);
+      Shape s = make_shape(1, sq, sk, 2, 2, 128);
       s.causal = causal;
       run_case(s);
     }
@@ -87,20 +75,20 @@ TEST(HopperGpu, UnequalLengths) {
 TEST(HopperGpu, HeadDims) {
   for (int64_t d : {32, 64, 96, 128, 192, 256})
     for (bool causal : {false, true}) {
-      Shape s = make(1, 200, 333, 2, 2, d);
+      Shape s = make_shape(1, 200, 333, 2, 2, d);
       s.causal = causal;
       run_case(s);
     }
 }
 
 TEST(HopperGpu, HeadDimsFp16) {
-  for (int64_t d : {64, 128, 256}) run_case(make(2, 150, 150, 2, 1, d, DType::kFloat16));
+  for (int64_t d : {64, 128, 256}) run_case(make_shape(2, 150, 150, 2, 1, d, DType::kFloat16));
 }
 
 TEST(HopperGpu, GroupedQueryAttention) {
   for (int64_t hkv : {2, 1})
     for (bool causal : {false, true}) {
-      Shape s = make(1, 150, 250, 8, hkv, 128);
+      Shape s = make_shape(1, 150, 250, 8, hkv, 128);
       s.causal = causal;
       run_case(s);
     }
@@ -108,7 +96,7 @@ TEST(HopperGpu, GroupedQueryAttention) {
 
 TEST(HopperGpu, SlidingWindow) {
   for (auto [wl, wr] : {std::pair<int64_t, int64_t>{64, 0}, {32, 32}, {-1, 16}, {100, -1}, {0, 0}}) {
-    Shape s = make(1, 300, 333, 2, 2, 128);
+    Shape s = make_shape(1, 300, 333, 2, 2, 128);
     s.window_left = wl;
     s.window_right = wr;
     run_case(s);
@@ -116,13 +104,13 @@ TEST(HopperGpu, SlidingWindow) {
 }
 
 TEST(HopperGpu, Softcap) {
-  Shape s = make(1, 257, 257, 2, 2, 128);
+  Shape s = make_shape(1, 257, 257, 2, 2, 128);
   s.softcap = 30.0f;
   run_case(s);
   s.causal = true;
   s.softcap = 5.0f;
   run_case(s);
-  s = make(1, 130, 200, 2, 1, 64);
+  s = make_shape(1, 130, 200, 2, 1, 64);
   s.window_left = 40;
   s.window_right = 3;
   s.softcap = 10.0f;
@@ -132,16 +120,16 @@ TEST(HopperGpu, Softcap) {
 // Causal with seqlen_q > seqlen_k: the first seqlen_q - seqlen_k rows see no key
 // (bottom-right alignment): O = 0 and LSE = -inf, never NaN.
 TEST(HopperGpu, FullyMaskedRows) {
-  Shape s = make(1, 300, 100, 2, 2, 128);
+  Shape s = make_shape(1, 300, 100, 2, 2, 128);
   s.causal = true;
   run_case(s);
-  s = make(2, 257, 64, 2, 1, 64);
+  s = make_shape(2, 257, 64, 2, 1, 64);
   s.causal = true;
   run_case(s);
 }
 
 TEST(HopperGpu, Batch3) {
-  Shape s = make(3, 191, 211, 4, 2, 128);
+  Shape s = make_shape(3, 191, 211, 4, 2, 128);
   run_case(s);
   s.causal = true;
   run_case(s);
@@ -150,7 +138,7 @@ TEST(HopperGpu, Batch3) {
 // More tiles than SMs: each persistent CTA runs several tiles (the Q / K / V
 // barrier phases carry over from tile to tile).
 TEST(HopperGpu, PersistentManyTiles) {
-  Shape s = make(2, 520, 520, 14, 2, 64);  // 5 m-blocks x 28 heads = 140 tiles > 132 SMs
+  Shape s = make_shape(2, 520, 520, 14, 2, 64);  // 5 m-blocks x 28 heads = 140 tiles > 132 SMs
   run_case(s);
   s.causal = true;
   run_case(s, 7);
@@ -167,12 +155,12 @@ struct ForcedL2Heads {  // sets FLASHATTN_HOPPER_L2_HEADS for one scope
 TEST(HopperGpu, CausalL2Groups) {
   {
     ForcedL2Heads three("3");
-    Shape s = make(2, 700, 650, 5, 5, 128);
+    Shape s = make_shape(2, 700, 650, 5, 5, 128);
     s.causal = true;
     run_case(s, 11);
   }
   ForcedL2Heads four("4");
-  Shape g = make(3, 300, 300, 4, 2, 64);
+  Shape g = make_shape(3, 300, 300, 4, 2, 64);
   g.window_left = 100, g.window_right = 0;
   run_case(g, 12);
 }
@@ -186,9 +174,9 @@ TEST(HopperGpu, CausalL2Groups) {
 // bit-identical to it (a tile is computed the same way whichever CTA claims it).
 TEST(HopperGpu, DynamicScheduleRepeats) {
   HOPPER_SKIP_UNLESS_SM90();
-  Shape a = make(2, 520, 520, 14, 2, 64);  // 5 m-blocks x 28 heads = 140 tiles
+  Shape a = make_shape(2, 520, 520, 14, 2, 64);  // 5 m-blocks x 28 heads = 140 tiles
   a.causal = true;
-  Shape c = make(1, 1030, 300, 20, 5, 128);  // 9 x 20 = 180 tiles
+  Shape c = make_shape(1, 1030, 300, 20, 5, 128);  // 9 x 20 = 180 tiles
   Problem problems[2] = {Problem(a, 21), Problem(c, 22)};
   GpuProblem gpu[2] = {GpuProblem(problems[0]), GpuProblem(problems[1])};
   ASSERT_TRUE(gpu[0].ok() && gpu[1].ok());
@@ -232,7 +220,7 @@ TEST(HopperGpu, DynamicScheduleRepeats) {
 // bit-identical to a direct call.
 TEST(HopperGpu, InCudaGraph) {
   HOPPER_SKIP_UNLESS_SM90();
-  Shape s = make(2, 700, 650, 24, 8, 128);  // 6 m-blocks x 48 heads = 288 tiles
+  Shape s = make_shape(2, 700, 650, 24, 8, 128);  // 6 m-blocks x 48 heads = 288 tiles
   s.causal = true;
   Problem pb(s, 31);
   GpuProblem g(pb);
@@ -279,7 +267,7 @@ TEST(HopperGpu, InCudaGraph) {
 TEST(HopperGpu, StridedPackedQkv) {
   HOPPER_SKIP_UNLESS_SM90();
   for (int64_t d : {64, 128}) {
-    Shape s = make(2, 177, 177, 3, 3, d);
+    Shape s = make_shape(2, 177, 177, 3, 3, d);
     s.causal = d == 128;
     Problem pb(s, 99);
     const int64_t B = s.batch, S = s.seqlen_q, H = s.heads_q, D = d;
@@ -333,7 +321,7 @@ TEST(HopperGpu, StridedPackedQkv) {
 // On an sm_90 GPU, fp32 is refused with a reason (kAuto then falls back).
 TEST(HopperGpu, RefusesFloat32) {
   HOPPER_SKIP_UNLESS_SM90();
-  Problem pb(make(1, 16, 16, 1, 1, 64, DType::kFloat32), 1);
+  Problem pb(make_shape(1, 16, 16, 1, 1, 64, DType::kFloat32), 1);
   GpuProblem g(pb);
   ASSERT_TRUE(g.ok());
   FwdParams p = g.fwd_params();

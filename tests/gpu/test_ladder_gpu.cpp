@@ -19,23 +19,6 @@ namespace {
 
 const Kernel kRungs[] = {Kernel::kNaive, Kernel::kFA1};
 
-Shape make_shape(int64_t b, int64_t nq, int64_t nk, int64_t hq, int64_t hkv, int64_t d, DType dt, bool causal = false,
-                 int64_t wl = -1, int64_t wr = -1, float softcap = 0.0f) {
-  Shape s;
-  s.batch = b;
-  s.seqlen_q = nq;
-  s.seqlen_k = nk;
-  s.heads_q = hq;
-  s.heads_kv = hkv;
-  s.head_dim = d;
-  s.dtype = dt;
-  s.causal = causal;
-  s.window_left = wl;
-  s.window_right = wr;
-  s.softcap = softcap;
-  return s;
-}
-
 // Runs both rungs on one shape; the oracle and the lowprec baseline are computed once.
 void check_shape(const Shape& s, uint64_t seed) {
   SCOPED_TRACE(s.name());

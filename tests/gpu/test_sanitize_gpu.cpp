@@ -53,16 +53,7 @@ void run_forward_case(Kernel kernel, const Shape& s) {
 
 // One small odd-shaped problem.
 void run_forward_case(Kernel kernel, DType dtype, bool causal, int64_t head_dim) {
-  Shape s;
-  s.batch = 2;
-  s.seqlen_q = 37;
-  s.seqlen_k = 75;
-  s.heads_q = 4;
-  s.heads_kv = 2;
-  s.head_dim = head_dim;
-  s.causal = causal;
-  s.dtype = dtype;
-  run_forward_case(kernel, s);
+  run_forward_case(kernel, make_shape(2, 37, 75, 4, 2, head_dim, dtype, causal));
 }
 
 class SanitizeFwd : public ::testing::TestWithParam<Kernel> {};
@@ -77,22 +68,12 @@ TEST_P(SanitizeFwd, SmallCases) {
     }
 }
 // More tiles than SMs, so the Hopper forward's CTAs claim tiles from the counter
-// and the producer hands each tile to the consumers (st.async on the Q barrier):
+// and the producer hands each tile to the consumers (shared memory + named barriers):
 // small enough for racecheck, 3 x 48 x 3 = 432 tiles.
 TEST(Sanitize, HopperDynamicSchedule) {
   FLASHATTN_SKIP_WITHOUT_GPU();
-  for (bool causal : {false, true}) {
-    Shape s;
-    s.batch = 3;
-    s.seqlen_q = 300;
-    s.seqlen_k = 290;
-    s.heads_q = 48;
-    s.heads_kv = 16;
-    s.head_dim = 64;
-    s.causal = causal;
-    s.dtype = DType::kBFloat16;
-    run_forward_case(Kernel::kHopper, s);
-  }
+  for (bool causal : {false, true})
+    run_forward_case(Kernel::kHopper, make_shape(3, 300, 290, 48, 16, 64, DType::kBFloat16, causal));
 }
 
 INSTANTIATE_TEST_SUITE_P(Sanitize, SanitizeFwd,
@@ -109,15 +90,7 @@ TEST(Sanitize, Backward) {
     const int64_t head_dim = mode / 2 % 2 == 0 ? 64 : 128;
     const bool deterministic = mode >= 4;
     SCOPED_TRACE("d" + std::to_string(head_dim) + (causal ? " causal" : "") + (deterministic ? " deterministic" : ""));
-    Shape s;
-    s.batch = 2;
-    s.seqlen_q = 37;
-    s.seqlen_k = 75;
-    s.heads_q = 4;
-    s.heads_kv = 2;
-    s.head_dim = head_dim;
-    s.causal = causal;
-    s.dtype = DType::kBFloat16;
+    const Shape s = make_shape(2, 37, 75, 4, 2, head_dim, DType::kBFloat16, causal);
     Problem pb(s, 99);
     BwdParams host = pb.params;
     host.kernel = Kernel::kReference;
